@@ -1,0 +1,20 @@
+"""The files in this folder ship to the Hub as remote code: flat, relative imports only, no training libraries."""
+
+from .configuration_depthforge import CITYSCAPES_ID2LABEL, DepthForgeConfig
+from .modeling_depthforge import (
+    DepthForgeForSemanticSegmentation,
+    DepthForgeModel,
+    DepthForgeModelOutput,
+    DepthForgePreTrainedModel,
+    DepthForgeSemanticSegmenterOutput,
+)
+
+__all__ = [
+    "CITYSCAPES_ID2LABEL",
+    "DepthForgeConfig",
+    "DepthForgeForSemanticSegmentation",
+    "DepthForgeModel",
+    "DepthForgeModelOutput",
+    "DepthForgePreTrainedModel",
+    "DepthForgeSemanticSegmenterOutput",
+]

@@ -1,0 +1,265 @@
+"""DepthForge model configuration."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# Cityscapes train ids, the label space of every DGSS benchmark the paper reports.
+CITYSCAPES_ID2LABEL = {
+    0: "road",
+    1: "sidewalk",
+    2: "building",
+    3: "wall",
+    4: "fence",
+    5: "pole",
+    6: "traffic light",
+    7: "traffic sign",
+    8: "vegetation",
+    9: "terrain",
+    10: "sky",
+    11: "person",
+    12: "rider",
+    13: "car",
+    14: "truck",
+    15: "bus",
+    16: "train",
+    17: "motorcycle",
+    18: "bicycle",
+}
+
+# DINOv2 ViT-L converted to patch 16 at 512 crops (the paper's visual model).
+DINOV2_LARGE_PATCH16 = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "mlp_ratio": 4,
+    "patch_size": 16,
+    "image_size": 512,
+    "layerscale_value": 1e-5,
+    "layer_norm_eps": 1e-6,
+}
+
+# Depth Anything V2 Large with its DINOv2 encoder converted to patch 16 (the official depth model).
+DEPTH_ANYTHING_V2_LARGE_PATCH16 = {
+    "backbone_config": {
+        "model_type": "dinov2",
+        **DINOV2_LARGE_PATCH16,
+        "layerscale_value": 1.0,
+        "out_indices": [5, 12, 18, 24],
+        "apply_layernorm": True,
+        "reshape_hidden_states": False,
+    },
+    "patch_size": 16,
+    "reassemble_hidden_size": 1024,
+    "neck_hidden_sizes": [256, 512, 1024, 1024],
+    "fusion_hidden_size": 256,
+}
+
+
+def default_pyramid_indices(num_layers: int) -> list[int]:
+    """Blocks that feed the x4/x2/x1/x0.5 pyramid.
+
+    The official ViT-L setting [7, 11, 15, 23] is the end of the first third, half, two thirds and the last block;
+    the same fractions give [3, 5, 7, 11] for 12 blocks and [0, 1, 2, 3] for 4 (kept strictly increasing).
+    """
+    if num_layers < 4:
+        raise ValueError(f"The visual model needs at least 4 layers to feed a 4-level pyramid, got {num_layers}.")
+    indices = []
+    for fraction in (1 / 3, 1 / 2, 2 / 3, 1):
+        index = max(round(num_layers * fraction) - 1, indices[-1] + 1 if indices else 0)
+        indices.append(index)
+    return indices
+
+
+@strict
+class DepthForgeConfig(PreTrainedConfig):
+    r"""
+    Configuration of a DepthForge model: a frozen visual foundation model (DINOv2) and a frozen depth encoder
+    (the DINOv2 encoder of Depth Anything V2) read the same image; after every visual block, depth-aware learnable
+    tokens update the patch features; a depth refinement decoder and a Mask2Former head produce the segmentation.
+
+    The defaults describe the paper's model: DINOv2-L/16 + Depth Anything V2-L/16, 512 crops, 19 Cityscapes classes.
+
+    Args:
+        vfm_config (`dict` or `Dinov2Config`):
+            The frozen visual model. Its `patch_size` must equal `patch_size`.
+        depth_config (`dict` or `DepthAnythingConfig`):
+            The Depth Anything model whose DINOv2 encoder is the frozen depth model. Only `backbone_config` is built;
+            width and depth must equal the visual model's (features are paired block by block).
+        num_tokens (`int`, defaults to 100):
+            Learnable tokens per layer. With `link_tokens_to_queries` they are also the Mask2Former queries.
+        token_rank (`int`, defaults to 16):
+            Rank of the per-layer token matrices (`A_l @ B_l`); 0 gives full-rank tokens.
+        token_scale_init (`float`, defaults to 1e-3):
+            Initial value of the learned scalar that scales every token update.
+        link_tokens_to_queries (`bool`, defaults to `True`):
+            Derive the decoder queries from the tokens (max/mean/last over layers). If `False`, the head learns its
+            own query embeddings as in plain Mask2Former.
+        out_indices (`list[int]`, *optional*):
+            The 4 visual blocks (0-based) that feed the pyramid. Defaults to [7, 11, 15, 23] for 24 layers and the
+            same fractions of the depth otherwise (see `default_pyramid_indices`).
+        patch_size (`int`, defaults to 16):
+            Patch size of both ViTs (the official code converts the patch-14 weights to 16).
+        feature_size (`int`, defaults to 256):
+            Width of the pixel decoder, the masked-attention decoder and the queries. Must be a multiple of 32.
+        encoder_layers (`int`, defaults to 6): deformable-attention layers of the pixel decoder.
+        decoder_layers (`int`, defaults to 9): masked-attention decoder layers (10 predictions with the initial one).
+        num_feature_levels (`int`, defaults to 3): feature levels of the deformable encoder (3 is the only value the
+            transformers Mask2Former components support).
+        num_attention_heads (`int`, defaults to 8): heads of both the deformable encoder and the decoder.
+        num_deformable_points (`int`, defaults to 4): sampling points per head and level (transformers supports 4).
+        encoder_feedforward_dim (`int`, defaults to 1024), decoder_feedforward_dim (`int`, defaults to 2048).
+        group_norm_groups (`int`, defaults to 32): GroupNorm groups of the pixel decoder.
+        use_depth_refinement (`bool`, defaults to `True`): apply the depth refinement decoder (gated multi-level
+            fusion, "DQCM" in the official code) to the stride-4 level.
+        refinement_reduction (`int`, defaults to 16): channel reduction of the refinement gate.
+        class_weight, mask_weight, dice_weight (`float`, defaults to 2.0, 5.0, 5.0): loss and matching weights.
+        no_object_weight (`float`, defaults to 0.1): class weight of the "no object" class.
+        train_num_points (`int`, defaults to 12544), oversample_ratio (`float`, 3.0), importance_sample_ratio
+            (`float`, 0.75): point sampling of the mask losses.
+        ignore_index (`int`, defaults to 255): label value that is ignored by the loss and the metrics.
+    """
+
+    model_type = "depthforge"
+    sub_configs_defaults = {
+        "vfm_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2", init_kwargs=DINOV2_LARGE_PATCH16),
+        "depth_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="depth_anything", init_kwargs=DEPTH_ANYTHING_V2_LARGE_PATCH16
+        ),
+    }
+
+    vfm_config: dict | PreTrainedConfig | None = None
+    depth_config: dict | PreTrainedConfig | None = None
+    num_tokens: int = 100
+    token_rank: int = 16
+    token_scale_init: float = 1e-3
+    link_tokens_to_queries: bool = True
+    out_indices: list[int] | tuple[int, ...] | None = None
+    patch_size: int = 16
+    feature_size: int = 256
+    encoder_layers: int = 6
+    decoder_layers: int = 9
+    num_feature_levels: int = 3
+    num_attention_heads: int = 8
+    num_deformable_points: int = 4
+    encoder_feedforward_dim: int = 1024
+    decoder_feedforward_dim: int = 2048
+    group_norm_groups: int = 32
+    use_depth_refinement: bool = True
+    refinement_reduction: int = 16
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    train_num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    ignore_index: int = 255
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None and kwargs.get("num_labels") is None:
+            self.id2label = dict(CITYSCAPES_ID2LABEL)
+        super().__post_init__(**kwargs)
+        if self.label2id is None or len(self.label2id) != len(self.id2label):
+            self.label2id = {label: index for index, label in self.id2label.items()}
+        if self.out_indices is None:
+            self.out_indices = default_pyramid_indices(self.vfm_config.num_hidden_layers)
+        self.out_indices = [int(index) for index in self.out_indices]
+
+    @property
+    def depth_backbone_config(self) -> PreTrainedConfig:
+        """The DINOv2 config of the depth encoder (the part of Depth Anything that DepthForge runs)."""
+        return self.depth_config.backbone_config
+
+    @property
+    def num_queries(self) -> int:
+        return self.num_tokens
+
+    def validate_architecture(self):
+        """Checked at construction (through `@strict`): every field that changes shapes, with the allowed values."""
+        vfm, depth = self.vfm_config, self.depth_config
+        if getattr(vfm, "model_type", None) != "dinov2":
+            raise ValueError(f"vfm_config must be a DINOv2 config (model_type 'dinov2'), got {vfm.model_type!r}.")
+        if getattr(depth, "model_type", None) != "depth_anything":
+            raise ValueError(
+                f"depth_config must be a Depth Anything config (model_type 'depth_anything'), got {depth.model_type!r}."
+            )
+        depth_vit = depth.backbone_config
+        if getattr(depth_vit, "model_type", None) != "dinov2":
+            raise ValueError("depth_config.backbone_config must be a DINOv2 config: DepthForge runs its encoder only.")
+        for name, value in (("vfm_config.patch_size", vfm.patch_size), ("depth_config.backbone_config.patch_size",
+                                                                       depth_vit.patch_size)):
+            if value != self.patch_size:
+                raise ValueError(
+                    f"{name} is {value} but patch_size is {self.patch_size}: both ViTs must use the configured patch "
+                    "size so that their token grids coincide (convert patch-14 weights with "
+                    "`from_pretrained_backbones`)."
+                )
+        if vfm.hidden_size != depth_vit.hidden_size or vfm.num_hidden_layers != depth_vit.num_hidden_layers:
+            raise ValueError(
+                "The visual and depth ViTs are paired block by block, so their widths and depths must be equal: "
+                f"vfm_config has hidden_size={vfm.hidden_size}, num_hidden_layers={vfm.num_hidden_layers}; "
+                f"depth_config.backbone_config has hidden_size={depth_vit.hidden_size}, "
+                f"num_hidden_layers={depth_vit.num_hidden_layers}."
+            )
+        if vfm.image_size % self.patch_size:
+            raise ValueError(
+                f"vfm_config.image_size ({vfm.image_size}) must be a multiple of patch_size ({self.patch_size})."
+            )
+        if self.num_tokens < 2:
+            raise ValueError(f"num_tokens must be at least 2 (token 0 is the attention sink), got {self.num_tokens}.")
+        if self.token_rank < 0:
+            raise ValueError(f"token_rank must be >= 0 (0 = full-rank tokens), got {self.token_rank}.")
+        out_indices = list(self.out_indices) if self.out_indices is not None else None
+        if out_indices is not None:
+            num_layers = vfm.num_hidden_layers
+            if len(out_indices) != 4:
+                raise ValueError(f"out_indices must name 4 visual blocks (one per pyramid level), got {out_indices}.")
+            if any(not 0 <= index < num_layers for index in out_indices):
+                raise ValueError(f"out_indices {out_indices} must lie in [0, {num_layers - 1}] for {num_layers} layers.")
+            if sorted(set(out_indices)) != out_indices:
+                raise ValueError(f"out_indices must be strictly increasing, got {out_indices}.")
+        if self.feature_size % 32 or self.feature_size % self.group_norm_groups:
+            raise ValueError(
+                f"feature_size ({self.feature_size}) must be a multiple of 32 (transformers' Mask2Former pixel decoder "
+                f"builds GroupNorm(32, ·)) and of group_norm_groups ({self.group_norm_groups})."
+            )
+        if self.feature_size % self.num_attention_heads:
+            raise ValueError(
+                f"feature_size ({self.feature_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})."
+            )
+        if self.num_feature_levels != 3:
+            raise ValueError(
+                f"num_feature_levels must be 3 (the transformers Mask2Former components hard-code 3 levels), "
+                f"got {self.num_feature_levels}."
+            )
+        if self.num_deformable_points != 4:
+            raise ValueError(
+                f"num_deformable_points must be 4 (transformers' deformable attention layers hard-code 4 points), "
+                f"got {self.num_deformable_points}."
+            )
+        for name in ("encoder_layers", "decoder_layers", "encoder_feedforward_dim", "decoder_feedforward_dim",
+                     "train_num_points", "refinement_reduction"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.use_depth_refinement and vfm.hidden_size // self.refinement_reduction < 1:
+            raise ValueError(
+                f"refinement_reduction ({self.refinement_reduction}) leaves no hidden channel for width "
+                f"{vfm.hidden_size}; use a value <= {vfm.hidden_size}."
+            )
+        if not 0.0 <= self.importance_sample_ratio <= 1.0 or self.oversample_ratio < 1.0:
+            raise ValueError(
+                "importance_sample_ratio must lie in [0, 1] and oversample_ratio must be >= 1, got "
+                f"{self.importance_sample_ratio} and {self.oversample_ratio}."
+            )
+        if self.id2label is not None and len(self.id2label) < 1:
+            raise ValueError("The model needs at least one class (num_labels >= 1).")
+        if self.id2label is not None and 0 <= self.ignore_index < len(self.id2label):
+            raise ValueError(
+                f"ignore_index ({self.ignore_index}) collides with a class id (num_labels = {len(self.id2label)})."
+            )
+
+
+__all__ = ["DepthForgeConfig", "CITYSCAPES_ID2LABEL", "default_pyramid_indices"]

@@ -1,0 +1,775 @@
+"""PyTorch DepthForge model.
+
+DepthForge (Chen et al., 2025, "Stronger, Steadier & Superior: Geometric Consistency in Depth VFM Forges Domain
+Generalized Semantic Segmentation") as a transformers model. The frozen ViTs are transformers' DINOv2 backbones; the
+head reuses transformers' Mask2Former pixel decoder, masked-attention decoder, matcher and loss. What has no
+transformers counterpart (the depth-aware tokens, the ViT pyramid, the depth refinement decoder, the token-derived
+queries) is written here from the official code's equations (see `../shared/spec/method.md` in the repository).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import AutoBackbone, AutoModelForDepthEstimation, PreTrainedModel
+from transformers import initialization as init
+from transformers.models.mask2former.configuration_mask2former import Mask2FormerConfig
+from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerLoss,
+    Mask2FormerMaskedAttentionDecoder,
+    Mask2FormerPixelDecoder,
+    Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+    Mask2FormerSinePositionEmbedding,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_depthforge import DepthForgeConfig
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Patch-size and position-table conversion (official `tools/convert_models/convert_dinov2_depth.py` semantics)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def resize_patch_embedding_kernel(weight: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Resample a (C, 3, p, p) patch-embedding kernel to `patch_size` the way the official converter does:
+    bicubic, align_corners False, in float32, no rescaling of magnitudes."""
+    resized = F.interpolate(weight.float(), size=(patch_size, patch_size), mode="bicubic", align_corners=False)
+    return resized.to(weight.dtype)
+
+
+def resize_position_table(table: torch.Tensor, grid_height: int, grid_width: int) -> torch.Tensor:
+    """Resize a (1, 1 + M*M, C) position table to a (grid_height x grid_width) patch grid by target size (bicubic,
+    align_corners False, float32), keeping the cls entry. This is the official converter's operation."""
+    cls_entry, patch_entries = table[:, :1], table[:, 1:]
+    side = math.isqrt(patch_entries.shape[1])
+    if side * side != patch_entries.shape[1]:
+        raise ValueError(f"The stored position table must be a square grid, got {patch_entries.shape[1]} entries.")
+    grid = patch_entries.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(grid_height, grid_width), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, -1).to(table.dtype)
+    return torch.cat([cls_entry, grid], dim=1)
+
+
+def interpolate_position_table(
+    table: torch.Tensor, grid_height: int, grid_width: int, square_input: bool, offset: float = 0.1
+) -> torch.Tensor:
+    """Position table for a runtime patch grid, as the official DINOv2 (and Depth Anything V2) `interpolate_pos_encoding`.
+
+    Adapted from facebookresearch/dinov2 `DinoVisionTransformer.interpolate_pos_encoding`. transformers' Dinov2Embeddings
+    resizes to the target size, while the official code passes `scale_factor=((h + 0.1) / M, (w + 0.1) / M)`, so
+    PyTorch maps coordinates with 1 / scale_factor; the two differ by up to ~0.4 on random tables for non-square
+    inputs. DepthForge checkpoints were trained with the official rule, so we reproduce it.
+    """
+    num_positions = table.shape[1] - 1
+    if grid_height * grid_width == num_positions and square_input:
+        return table
+    side = math.isqrt(num_positions)
+    patch_entries = table[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    scale = ((grid_height + offset) / side, (grid_width + offset) / side)
+    patch_entries = F.interpolate(patch_entries, scale_factor=scale, mode="bicubic", align_corners=False)
+    if patch_entries.shape[-2:] != (grid_height, grid_width):
+        raise RuntimeError(f"Position interpolation gave {tuple(patch_entries.shape[-2:])}, expected {grid_height}x{grid_width}.")
+    patch_entries = patch_entries.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, -1)
+    return torch.cat([table[:, :1].float(), patch_entries], dim=1).to(table.dtype)
+
+
+def embed_image(embeddings: nn.Module, pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Patch embedding + cls token + position embedding of a transformers `Dinov2Embeddings`, with the official
+    position interpolation (see `interpolate_position_table`). Equal to `Dinov2Embeddings.forward` whenever the input
+    matches the stored table (square input of the configured image size)."""
+    batch_size, _, height, width = pixel_values.shape
+    if height < patch_size or width < patch_size:
+        raise ValueError(
+            f"The input ({height}x{width}) is smaller than one {patch_size}x{patch_size} patch; pad or resize it first."
+        )
+    patches = embeddings.patch_embeddings(pixel_values)
+    cls_tokens = embeddings.cls_token.expand(batch_size, -1, -1)
+    tokens = torch.cat([cls_tokens, patches], dim=1)
+    positions = interpolate_position_table(
+        embeddings.position_embeddings, height // patch_size, width // patch_size, square_input=height == width
+    )
+    return embeddings.dropout(tokens + positions.to(tokens.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Depth-aware learnable tokens
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class DepthForgeTokens(nn.Module):
+    """Per-layer depth-aware learnable tokens (official `DepthForgeReins`, or `DepthForge` when `token_rank == 0`).
+
+    After visual block l, with T_l = A_l @ B_l (M x C), visual patch features F and depth patch features D (block l of
+    the depth ViT, cls dropped):
+
+        attn  = softmax(F T_l^T / sqrt(C) + D T_l^T / sqrt(C))          over the M tokens
+        delta = mlp_delta_f(attn[..., 1:] @ mlp_token2feat(T_l[1:]) + F)
+        F     = F + scale * delta
+
+    Token 0 is an attention sink: it takes softmax mass but gives no value. The MLPs and the scale are shared by all
+    layers; depth enters the attention logits only.
+    """
+
+    def __init__(self, config: DepthForgeConfig):
+        super().__init__()
+        vfm = config.vfm_config
+        self.num_layers = vfm.num_hidden_layers
+        self.num_tokens = config.num_tokens
+        self.hidden_size = vfm.hidden_size
+        self.token_rank = config.token_rank
+        self.patch_size = config.patch_size
+        if self.token_rank > 0:
+            self.learnable_tokens_a = nn.Parameter(torch.empty(self.num_layers, self.num_tokens, self.token_rank))
+            self.learnable_tokens_b = nn.Parameter(torch.empty(self.num_layers, self.token_rank, self.hidden_size))
+        else:
+            self.learnable_tokens = nn.Parameter(torch.empty(self.num_layers, self.num_tokens, self.hidden_size))
+        self.scale = nn.Parameter(torch.tensor(float(config.token_scale_init)))
+        self.mlp_token2feat = nn.Linear(self.hidden_size, self.hidden_size)
+        self.mlp_delta_f = nn.Linear(self.hidden_size, self.hidden_size)
+        self.link_tokens_to_queries = config.link_tokens_to_queries
+        if self.link_tokens_to_queries:
+            self.transform = nn.Linear(self.hidden_size, config.feature_size)
+            self.merge = nn.Linear(3 * config.feature_size, config.feature_size)
+
+    def token_init_bound(self) -> float:
+        """Uniform init bound of the official code: sqrt(6 / (3 p^2 + C)) for full-rank tokens and
+        sqrt(6 / (3 p^2 + sqrt(C r))) for each low-rank factor."""
+        fan = self.hidden_size if self.token_rank == 0 else math.sqrt(self.hidden_size * self.token_rank)
+        return math.sqrt(6.0 / (3 * self.patch_size * self.patch_size + fan))
+
+    def layer_tokens(self, layer_index: int | None = None) -> torch.Tensor:
+        """T_l (M x C) for one layer, or all layers stacked (L x M x C)."""
+        if self.token_rank == 0:
+            return self.learnable_tokens if layer_index is None else self.learnable_tokens[layer_index]
+        if layer_index is None:
+            return self.learnable_tokens_a @ self.learnable_tokens_b
+        return self.learnable_tokens_a[layer_index] @ self.learnable_tokens_b[layer_index]
+
+    def forward(self, hidden_states: torch.Tensor, depth_states: torch.Tensor, layer_index: int) -> torch.Tensor:
+        """Update the patch tokens of `hidden_states` (B, 1+N, C); the cls token passes through unchanged."""
+        cls_token, features = hidden_states[:, :1], hidden_states[:, 1:]
+        depth_features = depth_states[:, 1:].to(features.dtype)
+        tokens = self.layer_tokens(layer_index).to(features.dtype)
+        norm = self.hidden_size**-0.5
+        logits = (features @ tokens.transpose(0, 1)) * norm + (depth_features @ tokens.transpose(0, 1)) * norm
+        attention = logits.softmax(dim=-1)
+        values = self.mlp_token2feat(tokens[1:])
+        delta = self.mlp_delta_f(attention[..., 1:] @ values + features)
+        return torch.cat([cls_token, features + self.scale * delta], dim=1)
+
+    def queries(self) -> torch.Tensor:
+        """Decoder queries (M x Q): transform all tokens, take max / mean / last over layers, interleave per channel as
+        [max_c, mean_c, last_c, ...] (the official flatten order; it matters for checkpoints) and merge."""
+        projected = self.transform(self.layer_tokens()).permute(1, 2, 0)  # M, Q, L
+        stats = torch.stack([projected.amax(dim=-1), projected.mean(dim=-1), projected[..., -1]], dim=-1)
+        return self.merge(stats.flatten(-2))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Depth refinement decoder (official `DynamicQueryCorrectionModule` + `AdaptiveAttentionGate`)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class DepthForgeAttentionGate(nn.Module):
+    """Per-pixel channel gate (1x1 conv MLP, no pooling) followed by a 3x3 spatial gate, as the official
+    `AdaptiveAttentionGate`."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        hidden = channels // reduction
+        self.channel_attention = nn.Sequential(
+            nn.Conv2d(channels, hidden, kernel_size=1), nn.ReLU(), nn.Conv2d(hidden, channels, kernel_size=1)
+        )
+        self.spatial_attention = nn.Conv2d(channels, 1, kernel_size=3, padding=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = features * torch.sigmoid(self.channel_attention(features))
+        return features * torch.sigmoid(self.spatial_attention(features))
+
+
+class DepthForgeRefinementDecoder(nn.Module):
+    """Gated multi-level fusion into the stride-4 level ("DQCM" in the official code).
+
+    Every pyramid level is resized to stride 4, passed through one shared attention gate, concatenated and fused by a
+    1x1 convolution; the caller adds the result to the stride-4 level.
+    """
+
+    def __init__(self, channels: int, reduction: int, num_levels: int = 4):
+        super().__init__()
+        self.attention_gate = DepthForgeAttentionGate(channels, reduction)
+        self.linear_fuse = nn.Conv2d(num_levels * channels, channels, kernel_size=1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[-2:]
+        gated = []
+        for level in features:
+            if level.shape[-2:] != size:
+                level = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+            gated.append(self.attention_gate(level))
+        return self.linear_fuse(torch.cat(gated, dim=1))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Mask2Former head built from transformers' components
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def mask2former_component_config(config: DepthForgeConfig) -> Mask2FormerConfig:
+    """A private Mask2FormerConfig for the reused transformers components (see `spec/head-equivalence.md` §5).
+
+    transformers builds `decoder_layers - 1` masked-attention layers, hence the +1. `dropout` must stay 0: the decoder
+    also uses it as a layer-drop probability.
+    """
+    return Mask2FormerConfig(
+        backbone_config={"model_type": "swin"},  # never built; the config class insists on one
+        feature_size=config.feature_size,
+        mask_feature_size=config.feature_size,
+        hidden_dim=config.feature_size,
+        encoder_layers=config.encoder_layers,
+        decoder_layers=config.decoder_layers + 1,
+        num_attention_heads=config.num_attention_heads,
+        encoder_feedforward_dim=config.encoder_feedforward_dim,
+        dim_feedforward=config.decoder_feedforward_dim,
+        num_queries=config.num_queries,
+        num_labels=config.num_labels,
+        feature_strides=[4, 8, 16, 32],
+        common_stride=4,
+        pre_norm=False,
+        dropout=0.0,
+        enforce_input_projection=False,
+        no_object_weight=config.no_object_weight,
+        class_weight=config.class_weight,
+        mask_weight=config.mask_weight,
+        dice_weight=config.dice_weight,
+        train_num_points=config.train_num_points,
+        oversample_ratio=config.oversample_ratio,
+        importance_sample_ratio=config.importance_sample_ratio,
+    )
+
+
+class DepthForgePixelDecoder(Mask2FormerPixelDecoder):
+    """transformers' `Mask2FormerPixelDecoder` with a configurable GroupNorm group count.
+
+    transformers hard-codes GroupNorm(32, ·); the official mmdet decoder takes the group count from its config. The
+    five GroupNorms are swapped in place inside their Sequentials (the lateral/output lists hold the same objects).
+    """
+
+    def __init__(self, config: Mask2FormerConfig, feature_channels: list[int], num_groups: int):
+        super().__init__(config, feature_channels=feature_channels)
+        for block in [*self.input_projections, self.adapter_1, self.layer_1]:
+            norm = block[1]
+            block[1] = nn.GroupNorm(num_groups, norm.num_channels, eps=norm.eps)
+
+
+class DepthForgeMaskedAttentionDecoder(nn.Module):
+    """Masked-attention decoder with externally supplied queries.
+
+    Replaces transformers' `Mask2FormerTransformerModule`, whose forward always uses its own learned query embeddings:
+    DepthForge uses the token-derived queries as query position embedding and `query_proj(queries)` (official
+    `querys2feat`, applied to the batch-expanded queries as the official head does) as initial query content.
+    """
+
+    def __init__(self, config: DepthForgeConfig, component_config: Mask2FormerConfig):
+        super().__init__()
+        hidden = config.feature_size
+        self.num_feature_levels = config.num_feature_levels
+        self.position_embedder = Mask2FormerSinePositionEmbedding(num_position_features=hidden // 2, normalize=True)
+        self.level_embed = nn.Embedding(self.num_feature_levels, hidden)
+        self.decoder = Mask2FormerMaskedAttentionDecoder(config=component_config)
+        self.class_predictor = nn.Linear(hidden, config.num_labels + 1)
+        self.query_proj = nn.Linear(hidden, hidden)
+        if not config.link_tokens_to_queries:
+            self.query_position_embeddings = nn.Embedding(config.num_queries, hidden)
+
+    def forward(
+        self, multi_scale_features: tuple[torch.Tensor, ...], mask_features: torch.Tensor, queries: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        memories, memory_positions, sizes = [], [], []
+        for level, features in enumerate(multi_scale_features):
+            sizes.append(features.shape[-2:])
+            position = self.position_embedder(features.shape, features.device, features.dtype, None)
+            memory_positions.append(position.flatten(2).permute(2, 0, 1))
+            memories.append((features.flatten(2) + self.level_embed.weight[level][None, :, None]).permute(2, 0, 1))
+        batch_size = mask_features.shape[0]
+        if queries is None:
+            queries = self.query_position_embeddings.weight
+        query_position = queries.unsqueeze(0).expand(batch_size, -1, -1)
+        query_content = self.query_proj(query_position)
+        output = self.decoder(
+            inputs_embeds=query_content.transpose(0, 1),
+            multi_stage_positional_embeddings=memory_positions,
+            pixel_embeddings=mask_features,
+            encoder_hidden_states=memories,
+            query_position_embeddings=query_position.transpose(0, 1),
+            feature_size_list=sizes,
+            return_dict=True,
+        )
+        class_logits = [self.class_predictor(state.transpose(0, 1)) for state in output.intermediate_hidden_states]
+        return class_logits, list(output.masks_queries_logits)
+
+
+class DepthForgeLoss(Mask2FormerLoss):
+    """transformers' `Mask2FormerLoss` with the official (mmdet) mask normaliser.
+
+    mmdet divides the mask and dice losses by sum_i max(min(#targets_i, Q), 1) averaged over processes; transformers
+    uses sum_i #targets_i. They differ for images without labelled pixels. The reduction uses torch.distributed
+    directly (a collective: every process must compute the loss every step).
+    """
+
+    def __init__(self, config: Mask2FormerConfig, num_queries: int):
+        super().__init__(config, weight_dict={})
+        self.num_queries = num_queries
+
+    def get_num_masks(self, class_labels: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        num_masks = sum(max(min(len(classes), self.num_queries), 1) for classes in class_labels)
+        num_masks = torch.as_tensor(num_masks, dtype=torch.float, device=device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(num_masks)
+            num_masks = num_masks / torch.distributed.get_world_size()
+        return torch.clamp(num_masks, min=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DepthForgeModelOutput(ModelOutput):
+    r"""
+    feature_maps (`tuple[torch.Tensor]`):
+        The 4-level pyramid at strides 4, 8, 16, 32, each (B, C, H/s, W/s) with the visual width C.
+    queries (`torch.Tensor` of shape `(num_tokens, feature_size)`, *optional*):
+        Token-derived decoder queries (batch-independent); `None` when `link_tokens_to_queries` is off.
+    hidden_states (`tuple[torch.Tensor]`, *optional*):
+        Visual tokens (B, 1+N, C): the embeddings, then the output of every block after its token update.
+    depth_hidden_states (`tuple[torch.Tensor]`, *optional*):
+        Depth-encoder tokens (B, 1+N, C): the embeddings, then the output of every block.
+    """
+
+    feature_maps: tuple[torch.Tensor, ...] | None = None
+    queries: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    depth_hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class DepthForgeSemanticSegmenterOutput(ModelOutput):
+    r"""
+    loss (`torch.Tensor`, *optional*):
+        Weighted Mask2Former loss summed over all decoder predictions (deep supervision), when `labels` are given.
+    logits (`torch.Tensor` of shape `(batch_size, num_labels, height, width)`, *optional*):
+        Semantic scores at the input resolution: sum over queries of softmax(class)[:num_labels] x sigmoid(mask), the
+        mask logits resized bilinearly to the input size first (the official inference). Computed in eval mode or with
+        `return_logits=True`.
+    class_queries_logits (`torch.Tensor` of shape `(batch_size, num_queries, num_labels + 1)`):
+        Class logits of the last decoder prediction; the last column is "no object".
+    masks_queries_logits (`torch.Tensor` of shape `(batch_size, num_queries, height / 4, width / 4)`):
+        Mask logits of the last decoder prediction.
+    auxiliary_logits (`list[dict]`):
+        Class and mask logits of the earlier predictions (before decoder layer 0, then after each layer but the last).
+    loss_dict (`dict[str, torch.Tensor]`, *optional*):
+        The weighted loss terms with the official names (`loss_cls`, `loss_mask`, `loss_dice`, `d0.loss_cls`, ...).
+    feature_maps, queries, hidden_states, depth_hidden_states: see `DepthForgeModelOutput`.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    class_queries_logits: torch.Tensor | None = None
+    masks_queries_logits: torch.Tensor | None = None
+    auxiliary_logits: list[dict[str, torch.Tensor]] | None = None
+    loss_dict: dict[str, torch.Tensor] | None = None
+    feature_maps: tuple[torch.Tensor, ...] | None = None
+    queries: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    depth_hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class DepthForgePreTrainedModel(PreTrainedModel):
+    config: DepthForgeConfig
+    config_class = DepthForgeConfig
+    base_model_prefix = "depthforge"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Dinov2Layer"]
+    # All attention lives in the native DINOv2 sub-models or in Mask2Former modules.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    def _init_weights(self, module: nn.Module):
+        """Official initialisation (mmseg/mmdet `init_weights`, see `spec/head-equivalence.md` D19).
+
+        The frozen DINOv2 sub-models are PreTrainedModels and initialise themselves.
+        """
+        if isinstance(module, DepthForgeTokens):
+            bound = module.token_init_bound()
+            if module.token_rank > 0:
+                init.uniform_(module.learnable_tokens_a, -bound, bound)
+                init.uniform_(module.learnable_tokens_b, -bound, bound)
+            else:
+                init.uniform_(module.learnable_tokens, -bound, bound)
+            init.constant_(module.scale, self.config.token_scale_init)
+            linears = [module.mlp_token2feat, module.mlp_delta_f]
+            if module.link_tokens_to_queries:
+                linears += [module.transform, module.merge]
+            for linear in linears:
+                _torch_default_init(linear)
+        elif isinstance(module, DepthForgeRefinementDecoder):
+            for conv in module.modules():
+                if isinstance(conv, nn.Conv2d):
+                    _torch_default_init(conv)
+        elif isinstance(module, DepthForgePixelDecoder):
+            init.normal_(module.level_embed, std=1.0)
+            for block in module.input_projections:
+                init.xavier_uniform_(block[0].weight)
+                init.zeros_(block[0].bias)
+            for conv in (module.adapter_1[0], module.layer_1[0], module.mask_projection):
+                init.kaiming_uniform_(conv.weight, a=1)  # mmcv caffe2_xavier_init
+                if conv.bias is not None:
+                    init.zeros_(conv.bias)
+            for layer in module.encoder.layers:
+                for linear in (layer.fc1, layer.fc2):
+                    init.xavier_normal_(linear.weight)
+                _init_deformable_attention(layer.self_attn)
+        elif isinstance(module, DepthForgeMaskedAttentionDecoder):
+            init.normal_(module.level_embed.weight, std=1.0)
+            hidden = module.query_proj.in_features
+            for layer in module.decoder.layers:
+                # mmdet xavier-normal over the fused 3C x C in_proj: std sqrt(2 / 4C) for each of q, k, v.
+                for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    init.normal_(projection.weight, std=math.sqrt(2.0 / (4 * hidden)))
+                    init.zeros_(projection.bias)
+                init.xavier_normal_(layer.self_attn.out_proj.weight)
+                init.zeros_(layer.self_attn.out_proj.bias)
+                init.xavier_normal_(layer.cross_attn.in_proj_weight)
+                init.zeros_(layer.cross_attn.in_proj_bias)
+                init.xavier_normal_(layer.cross_attn.out_proj.weight)
+                init.zeros_(layer.cross_attn.out_proj.bias)
+                for linear in (layer.fc1, layer.fc2):
+                    init.xavier_normal_(linear.weight)
+                    _torch_default_bias_init(linear)
+            for linear in module.decoder.mask_predictor.mask_embedder.modules():
+                if isinstance(linear, nn.Linear):
+                    _torch_default_init(linear)
+            _torch_default_init(module.class_predictor)
+            _torch_default_init(module.query_proj)
+            if hasattr(module, "query_position_embeddings"):
+                init.normal_(module.query_position_embeddings.weight, std=1.0)
+        elif isinstance(module, nn.LayerNorm | nn.GroupNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, DepthForgeLoss):
+            empty_weight = torch.ones(module.num_labels + 1)
+            empty_weight[-1] = module.eos_coef
+            init.copy_(module.empty_weight, empty_weight)
+
+
+def _torch_default_bias_init(module: nn.Linear | nn.Conv2d):
+    if module.bias is not None:
+        fan_in, _ = nn.init._calculate_fan_in_and_fan_out(module.weight)
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        init.uniform_(module.bias, -bound, bound)
+
+
+def _torch_default_init(module: nn.Linear | nn.Conv2d):
+    """PyTorch's default Linear/Conv init (kaiming-uniform a=sqrt(5)), which the official code keeps for these layers."""
+    init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+    _torch_default_bias_init(module)
+
+
+def _init_deformable_attention(attention: Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
+    """mmcv `MultiScaleDeformableAttention.init_weights`: zero offsets with a per-head direction grid as bias."""
+    init.zeros_(attention.sampling_offsets.weight)
+    heads, levels, points = attention.n_heads, attention.n_levels, attention.n_points
+    thetas = torch.arange(heads, dtype=torch.float32) * (2.0 * math.pi / heads)
+    grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+    grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(heads, 1, 1, 2).repeat(1, levels, points, 1)
+    for point in range(points):
+        grid[:, :, point, :] *= point + 1
+    init.copy_(attention.sampling_offsets.bias, grid.view(-1))
+    init.zeros_(attention.attention_weights.weight)
+    init.zeros_(attention.attention_weights.bias)
+    for linear in (attention.value_proj, attention.output_proj):
+        init.xavier_uniform_(linear.weight)
+        init.zeros_(linear.bias)
+
+
+class DepthForgeModel(DepthForgePreTrainedModel):
+    """The DepthForge backbone: frozen DINOv2 + frozen depth encoder + depth-aware tokens, giving a 4-level pyramid
+    and the token-derived queries."""
+
+    def __init__(self, config: DepthForgeConfig):
+        super().__init__(config)
+        # Built through AutoBackbone from the sub-configs: transformers' own DINOv2 implementation, no re-write.
+        self.vfm = AutoBackbone.from_config(config.vfm_config)
+        self.depth_encoder = AutoBackbone.from_config(config.depth_backbone_config)
+        self.tokens = DepthForgeTokens(config)
+        self.patch_size = config.patch_size
+        self.out_indices = list(config.out_indices)
+        self.gradient_checkpointing = False
+        self.post_init()
+        self.freeze_foundation_models()
+
+    def freeze_foundation_models(self):
+        """Both ViTs are frozen (requires_grad False); only tokens (and the head) train."""
+        for parameter in [*self.vfm.parameters(), *self.depth_encoder.parameters()]:
+            parameter.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        """The frozen ViTs always stay in eval mode (as the official backbone's `train()` override)."""
+        super().train(mode)
+        self.vfm.eval()
+        self.depth_encoder.eval()
+        return self
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None):
+        # Our explicit layer loop checkpoints block + token update together; the frozen DINOv2 layers stay in eval
+        # mode, where their own GradientCheckpointingLayer logic would not checkpoint anyway.
+        self.gradient_checkpointing = enable
+
+    @torch.no_grad()
+    def depth_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the embeddings and of every depth-encoder block (pre-norm, with cls), without autograd."""
+        states = [embed_image(self.depth_encoder.embeddings, pixel_values, self.patch_size)]
+        for layer in self.depth_encoder.encoder.layer:
+            states.append(layer(states[-1]))
+        return states
+
+    def _block_with_tokens(self, hidden_states, depth_states, layer_index):
+        hidden_states = self.vfm.encoder.layer[layer_index](hidden_states)
+        return self.tokens(hidden_states, depth_states, layer_index)
+
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, **kwargs
+    ) -> DepthForgeModelOutput:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}.")
+        pixel_values = pixel_values.to(self.vfm.embeddings.patch_embeddings.projection.weight.dtype)
+        batch_size, _, height, width = pixel_values.shape
+        grid_height, grid_width = height // self.patch_size, width // self.patch_size
+
+        depth_states = self.depth_features(pixel_values)
+        hidden_states = embed_image(self.vfm.embeddings, pixel_values, self.patch_size)
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        selected = []
+        for layer_index in range(len(self.vfm.encoder.layer)):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden_states = checkpoint(
+                    self._block_with_tokens, hidden_states, depth_states[layer_index + 1], layer_index,
+                    use_reentrant=False,
+                )
+            else:
+                hidden_states = self._block_with_tokens(hidden_states, depth_states[layer_index + 1], layer_index)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if layer_index in self.out_indices:
+                patch_tokens = hidden_states[:, 1:]
+                selected.append(patch_tokens.transpose(1, 2).reshape(batch_size, -1, grid_height, grid_width))
+
+        # Simple ViT pyramid of the official backbone: strides 4, 8, 16, 32 by bilinear resampling (no neck).
+        feature_maps = (
+            F.interpolate(selected[0], scale_factor=4, mode="bilinear", align_corners=False),
+            F.interpolate(selected[1], scale_factor=2, mode="bilinear", align_corners=False),
+            selected[2],
+            F.interpolate(selected[3], scale_factor=0.5, mode="bilinear", align_corners=False),
+        )
+        queries = self.tokens.queries() if self.tokens.link_tokens_to_queries else None
+        return DepthForgeModelOutput(
+            feature_maps=feature_maps,
+            queries=queries,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            depth_hidden_states=tuple(depth_states) if output_hidden_states else None,
+        )
+
+
+class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
+    """DepthForge with its depth refinement decoder and Mask2Former head, for semantic segmentation."""
+
+    def __init__(self, config: DepthForgeConfig):
+        super().__init__(config)
+        self.depthforge = DepthForgeModel(config)
+        component_config = mask2former_component_config(config)
+        width = config.vfm_config.hidden_size
+        self.refinement = (
+            DepthForgeRefinementDecoder(width, config.refinement_reduction) if config.use_depth_refinement else None
+        )
+        self.pixel_decoder = DepthForgePixelDecoder(component_config, [width] * 4, config.group_norm_groups)
+        self.transformer_decoder = DepthForgeMaskedAttentionDecoder(config, component_config)
+        self.criterion = DepthForgeLoss(component_config, num_queries=config.num_queries)
+        self.post_init()
+
+    @classmethod
+    def from_pretrained_backbones(
+        cls,
+        vfm_name_or_path: str,
+        depth_name_or_path: str,
+        image_size: int = 512,
+        patch_size: int = 16,
+        **config_kwargs,
+    ) -> "DepthForgeForSemanticSegmentation":
+        """Build a trainable DepthForge from pretrained DINOv2 and Depth Anything (V2) checkpoints.
+
+        Example: `from_pretrained_backbones("facebook/dinov2-large", "depth-anything/Depth-Anything-V2-Large-hf")`.
+        Both ViTs are converted to `patch_size` the way the official converter does (bicubic kernel resize, position
+        table resized to the `image_size / patch_size` training grid) and loaded strictly: any frozen weight that
+        does not load is an error, never a silently random tensor. Tokens and head are freshly initialised.
+        Further keyword arguments are `DepthForgeConfig` fields (e.g. `num_labels`, `id2label`).
+        """
+        vfm, vfm_info = AutoBackbone.from_pretrained(vfm_name_or_path, output_loading_info=True)
+        depth_model, depth_info = AutoModelForDepthEstimation.from_pretrained(
+            depth_name_or_path, output_loading_info=True
+        )
+        for name, info in ((vfm_name_or_path, vfm_info), (depth_name_or_path, depth_info)):
+            if info.get("missing_keys"):
+                raise RuntimeError(
+                    f"{name} is missing weights {sorted(info['missing_keys'])[:10]}: refusing to build a model whose "
+                    "frozen parts would be random."
+                )
+        if image_size % patch_size:
+            raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size}).")
+        vfm_config = vfm.config.to_dict()
+        vfm_config.update(patch_size=patch_size, image_size=image_size)
+        for key in ("out_features", "out_indices", "stage_names"):
+            vfm_config.pop(key, None)
+        depth_config = depth_model.config.to_dict()
+        depth_config["backbone_config"].update(patch_size=patch_size, image_size=image_size)
+        depth_config["patch_size"] = patch_size
+        config = DepthForgeConfig(
+            vfm_config=vfm_config, depth_config=depth_config, patch_size=patch_size, **config_kwargs
+        )
+        model = cls(config)
+        grid = image_size // patch_size
+        for target, source in ((model.depthforge.vfm, vfm), (model.depthforge.depth_encoder, depth_model.backbone)):
+            state = source.state_dict()
+            state["embeddings.patch_embeddings.projection.weight"] = resize_patch_embedding_kernel(
+                state["embeddings.patch_embeddings.projection.weight"], patch_size
+            )
+            state["embeddings.position_embeddings"] = resize_position_table(
+                state["embeddings.position_embeddings"], grid, grid
+            )
+            target.load_state_dict(state, strict=True)
+        model.depthforge.freeze_foundation_models()
+        return model
+
+    def build_targets(self, labels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-image class ids and binary masks (one per class present; ignore pixels belong to no mask)."""
+        if labels.ndim != 3:
+            raise ValueError(f"labels must be (batch, height, width) class ids, got shape {tuple(labels.shape)}.")
+        ignore_index, num_labels = self.config.ignore_index, self.config.num_labels
+        class_labels, mask_labels = [], []
+        for label_map in labels.long():
+            present = torch.unique(label_map)
+            present = present[present != ignore_index]
+            if present.numel() and (present.min() < 0 or present.max() >= num_labels):
+                bad = present[(present < 0) | (present >= num_labels)].tolist()
+                raise ValueError(
+                    f"labels contain values {bad} outside the {num_labels} classes; map unknown pixels to "
+                    f"ignore_index={ignore_index}."
+                )
+            class_labels.append(present)
+            mask_labels.append((label_map[None] == present[:, None, None]).float())
+        return class_labels, mask_labels
+
+    def compute_loss(
+        self, class_logits: list[torch.Tensor], mask_logits: list[torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted Mask2Former loss over every prediction, walked in the official order (d0 ... d{L-1}, then the
+        last), which is also the order of the random point draws."""
+        class_labels, mask_labels = self.build_targets(labels)
+        weights = {
+            "loss_cross_entropy": ("loss_cls", self.config.class_weight),
+            "loss_mask": ("loss_mask", self.config.mask_weight),
+            "loss_dice": ("loss_dice", self.config.dice_weight),
+        }
+        last = len(class_logits) - 1
+        loss_dict = {}
+        for index, (classes, masks) in enumerate(zip(class_logits, mask_logits, strict=True)):
+            terms = self.criterion(masks, classes, mask_labels, class_labels)
+            prefix = "" if index == last else f"d{index}."
+            for key, (name, weight) in weights.items():
+                loss_dict[prefix + name] = terms[key] * weight
+        return sum(loss_dict.values()), loss_dict
+
+    @staticmethod
+    def semantic_logits(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Official inference: resize mask logits to `size`, sigmoid, weight by the class probabilities without the
+        no-object column, sum over queries."""
+        masks = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False).sigmoid()
+        probabilities = class_logits.softmax(dim=-1)[..., :-1]
+        return torch.einsum("bqc,bqhw->bchw", probabilities, masks)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_logits: bool | None = None,
+        **kwargs,
+    ) -> DepthForgeSemanticSegmenterOutput:
+        r"""
+        pixel_values (`torch.Tensor` of shape `(batch_size, 3, height, width)`):
+            ImageNet-normalised RGB images; both ViTs read the same tensor.
+        labels (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*):
+            Class ids, `config.ignore_index` (255) for ignored pixels. Per-class mask targets are built here.
+        return_logits (`bool`, *optional*):
+            Compute the full-resolution semantic `logits`. Defaults to `not self.training` (training needs only the
+            query outputs, and the full-resolution maps are large).
+        """
+        backbone = self.depthforge(pixel_values, output_hidden_states=output_hidden_states)
+        features = list(backbone.feature_maps)
+        if self.refinement is not None:
+            features[0] = self.refinement(features) + features[0]
+        pixel_output = self.pixel_decoder(features, return_dict=True)
+        class_logits, mask_logits = self.transformer_decoder(
+            pixel_output.multi_scale_features, pixel_output.mask_features, backbone.queries
+        )
+
+        loss = loss_dict = None
+        if labels is not None:
+            loss, loss_dict = self.compute_loss(class_logits, mask_logits, labels)
+
+        return_logits = (not self.training) if return_logits is None else return_logits
+        logits = None
+        if return_logits:
+            logits = self.semantic_logits(class_logits[-1], mask_logits[-1], tuple(pixel_values.shape[-2:]))
+
+        return DepthForgeSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            class_queries_logits=class_logits[-1],
+            masks_queries_logits=mask_logits[-1],
+            auxiliary_logits=[
+                {"class_queries_logits": classes, "masks_queries_logits": masks}
+                for classes, masks in zip(class_logits[:-1], mask_logits[:-1], strict=True)
+            ],
+            loss_dict=loss_dict,
+            feature_maps=backbone.feature_maps,
+            queries=backbone.queries,
+            hidden_states=backbone.hidden_states,
+            depth_hidden_states=backbone.depth_hidden_states,
+        )
+
+
+__all__ = [
+    "DepthForgeModel",
+    "DepthForgeForSemanticSegmentation",
+    "DepthForgePreTrainedModel",
+    "DepthForgeModelOutput",
+    "DepthForgeSemanticSegmenterOutput",
+    "resize_patch_embedding_kernel",
+    "resize_position_table",
+    "interpolate_position_table",
+]
