@@ -82,10 +82,22 @@ def _head_key_map(official: str) -> list[tuple[str, int | None]]:
             r"pixel_decoder\.encoder\.layers\.(\d+)\.self_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)\.(weight|bias)",
             r"pixel_decoder.encoder.layers.\1.self_attn.\2.\3",
         ),
-        (r"pixel_decoder\.encoder\.layers\.(\d+)\.norms\.0\.(weight|bias)", r"pixel_decoder.encoder.layers.\1.self_attn_layer_norm.\2"),
-        (r"pixel_decoder\.encoder\.layers\.(\d+)\.norms\.1\.(weight|bias)", r"pixel_decoder.encoder.layers.\1.final_layer_norm.\2"),
-        (r"pixel_decoder\.encoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)", r"pixel_decoder.encoder.layers.\1.fc1.\2"),
-        (r"pixel_decoder\.encoder\.layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)", r"pixel_decoder.encoder.layers.\1.fc2.\2"),
+        (
+            r"pixel_decoder\.encoder\.layers\.(\d+)\.norms\.0\.(weight|bias)",
+            r"pixel_decoder.encoder.layers.\1.self_attn_layer_norm.\2",
+        ),
+        (
+            r"pixel_decoder\.encoder\.layers\.(\d+)\.norms\.1\.(weight|bias)",
+            r"pixel_decoder.encoder.layers.\1.final_layer_norm.\2",
+        ),
+        (
+            r"pixel_decoder\.encoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)",
+            r"pixel_decoder.encoder.layers.\1.fc1.\2",
+        ),
+        (
+            r"pixel_decoder\.encoder\.layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)",
+            r"pixel_decoder.encoder.layers.\1.fc2.\2",
+        ),
         (
             r"transformer_decoder\.layers\.(\d+)\.cross_attn\.attn\.(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)",
             r"transformer_decoder.decoder.layers.\1.cross_attn.\2",
@@ -94,11 +106,26 @@ def _head_key_map(official: str) -> list[tuple[str, int | None]]:
             r"transformer_decoder\.layers\.(\d+)\.self_attn\.attn\.out_proj\.(weight|bias)",
             r"transformer_decoder.decoder.layers.\1.self_attn.out_proj.\2",
         ),
-        (r"transformer_decoder\.layers\.(\d+)\.norms\.0\.(weight|bias)", r"transformer_decoder.decoder.layers.\1.cross_attn_layer_norm.\2"),
-        (r"transformer_decoder\.layers\.(\d+)\.norms\.1\.(weight|bias)", r"transformer_decoder.decoder.layers.\1.self_attn_layer_norm.\2"),
-        (r"transformer_decoder\.layers\.(\d+)\.norms\.2\.(weight|bias)", r"transformer_decoder.decoder.layers.\1.final_layer_norm.\2"),
-        (r"transformer_decoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)", r"transformer_decoder.decoder.layers.\1.fc1.\2"),
-        (r"transformer_decoder\.layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)", r"transformer_decoder.decoder.layers.\1.fc2.\2"),
+        (
+            r"transformer_decoder\.layers\.(\d+)\.norms\.0\.(weight|bias)",
+            r"transformer_decoder.decoder.layers.\1.cross_attn_layer_norm.\2",
+        ),
+        (
+            r"transformer_decoder\.layers\.(\d+)\.norms\.1\.(weight|bias)",
+            r"transformer_decoder.decoder.layers.\1.self_attn_layer_norm.\2",
+        ),
+        (
+            r"transformer_decoder\.layers\.(\d+)\.norms\.2\.(weight|bias)",
+            r"transformer_decoder.decoder.layers.\1.final_layer_norm.\2",
+        ),
+        (
+            r"transformer_decoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)",
+            r"transformer_decoder.decoder.layers.\1.fc1.\2",
+        ),
+        (
+            r"transformer_decoder\.layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)",
+            r"transformer_decoder.decoder.layers.\1.fc2.\2",
+        ),
         (r"transformer_decoder\.post_norm\.(weight|bias)", r"transformer_decoder.decoder.layernorm.\1"),
     ]
     for pattern, replacement in rules:
@@ -108,7 +135,9 @@ def _head_key_map(official: str) -> list[tuple[str, int | None]]:
     if mask_embed:
         index = int(mask_embed.group(1))
         if index in (0, 2, 4):
-            return [(f"transformer_decoder.decoder.mask_predictor.mask_embedder.{index // 2}.0.{mask_embed.group(2)}", None)]
+            return [
+                (f"transformer_decoder.decoder.mask_predictor.mask_embedder.{index // 2}.0.{mask_embed.group(2)}", None)
+            ]
     fused = re.fullmatch(r"transformer_decoder\.layers\.(\d+)\.self_attn\.attn\.in_proj_(weight|bias)", official)
     if fused:
         layer, kind = fused.groups()
@@ -123,14 +152,14 @@ def map_official_key(official: str) -> list[tuple[str, int | None]]:
     """Our key(s) for one official key, with the row block (q=0, k=1, v=2) to take when a fused tensor splits.
     Empty when the key has no counterpart."""
     if official.startswith("backbone.depthforge."):
-        return [("depthforge.tokens." + official[len("backbone.depthforge."):], None)]
+        return [("depthforge.tokens." + official[len("backbone.depthforge.") :], None)]
     if official.startswith("backbone.depth_anything.pretrained."):
-        rest = official[len("backbone.depth_anything.pretrained."):]
+        rest = official[len("backbone.depth_anything.pretrained.") :]
         return [("depthforge.depth_encoder." + key, part) for key, part in _vit_key_map(rest)]
     if official.startswith("backbone."):
-        return [("depthforge.vfm." + key, part) for key, part in _vit_key_map(official[len("backbone."):])]
+        return [("depthforge.vfm." + key, part) for key, part in _vit_key_map(official[len("backbone.") :])]
     if official.startswith("decode_head."):
-        return _head_key_map(official[len("decode_head."):])
+        return _head_key_map(official[len("decode_head.") :])
     return []
 
 
@@ -212,8 +241,12 @@ def infer_config(
     class_weight = _require(official_state, "decode_head.cls_embed.weight")
     num_labels = class_weight.shape[0] - 1
     feature_size = class_weight.shape[1]
-    encoder_layers = _count_indices(official_state, r"decode_head\.pixel_decoder\.encoder\.layers\.(\d+)\.norms\.0\.weight")
-    decoder_layers = _count_indices(official_state, r"decode_head\.transformer_decoder\.layers\.(\d+)\.norms\.0\.weight")
+    encoder_layers = _count_indices(
+        official_state, r"decode_head\.pixel_decoder\.encoder\.layers\.(\d+)\.norms\.0\.weight"
+    )
+    decoder_layers = _count_indices(
+        official_state, r"decode_head\.transformer_decoder\.layers\.(\d+)\.norms\.0\.weight"
+    )
     offsets = _require(official_state, "decode_head.pixel_decoder.encoder.layers.0.self_attn.sampling_offsets.weight")
     num_points, num_levels = 4, 3
     heads = offsets.shape[0] // (num_levels * num_points * 2)
@@ -233,26 +266,44 @@ def infer_config(
     vit_common = {"model_type": "dinov2", "qkv_bias": True, "layer_norm_eps": 1e-6}
     fields = dict(
         vfm_config=dict(
-            vit_common, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=num_heads,
-            mlp_ratio=mlp_ratio, patch_size=patch_size, image_size=image_size,
+            vit_common,
+            hidden_size=hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            patch_size=patch_size,
+            image_size=image_size,
         ),
         depth_config=dict(
             model_type="depth_anything",
             patch_size=depth_kernel.shape[-1],
             reassemble_hidden_size=depth_hidden,
             backbone_config=dict(
-                vit_common, hidden_size=depth_hidden, num_hidden_layers=depth_layers,
+                vit_common,
+                hidden_size=depth_hidden,
+                num_hidden_layers=depth_layers,
                 num_attention_heads=num_heads if depth_hidden == hidden else depth_hidden // 64,
-                mlp_ratio=depth_mlp_ratio, patch_size=depth_kernel.shape[-1],
+                mlp_ratio=depth_mlp_ratio,
+                patch_size=depth_kernel.shape[-1],
                 image_size=int(round(depth_positions**0.5)) * depth_kernel.shape[-1],
-                layerscale_value=1.0, reshape_hidden_states=False,
+                layerscale_value=1.0,
+                reshape_hidden_states=False,
             ),
         ),
-        num_tokens=int(num_tokens), token_rank=int(token_rank), link_tokens_to_queries=link,
-        out_indices=list(out_indices), patch_size=patch_size, feature_size=feature_size,
-        encoder_layers=encoder_layers, decoder_layers=decoder_layers, num_attention_heads=heads,
-        encoder_feedforward_dim=encoder_ffn, decoder_feedforward_dim=decoder_ffn, group_norm_groups=group_norm_groups,
-        use_depth_refinement=gate is not None, refinement_reduction=refinement_reduction,
+        num_tokens=int(num_tokens),
+        token_rank=int(token_rank),
+        link_tokens_to_queries=link,
+        out_indices=list(out_indices),
+        patch_size=patch_size,
+        feature_size=feature_size,
+        encoder_layers=encoder_layers,
+        decoder_layers=decoder_layers,
+        num_attention_heads=heads,
+        encoder_feedforward_dim=encoder_ffn,
+        decoder_feedforward_dim=decoder_ffn,
+        group_norm_groups=group_norm_groups,
+        use_depth_refinement=gate is not None,
+        refinement_reduction=refinement_reduction,
         num_labels=num_labels,
         class_weight=float(loss_cls.get("loss_weight", 2.0)),
         mask_weight=float(head_cfg.get("loss_mask", {}).get("loss_weight", 5.0)),

@@ -188,8 +188,10 @@ class DepthForgeConfig(PreTrainedConfig):
         depth_vit = depth.backbone_config
         if getattr(depth_vit, "model_type", None) != "dinov2":
             raise ValueError("depth_config.backbone_config must be a DINOv2 config: DepthForge runs its encoder only.")
-        for name, value in (("vfm_config.patch_size", vfm.patch_size), ("depth_config.backbone_config.patch_size",
-                                                                       depth_vit.patch_size)):
+        for name, value in (
+            ("vfm_config.patch_size", vfm.patch_size),
+            ("depth_config.backbone_config.patch_size", depth_vit.patch_size),
+        ):
             if value != self.patch_size:
                 raise ValueError(
                     f"{name} is {value} but patch_size is {self.patch_size}: both ViTs must use the configured patch "
@@ -217,7 +219,9 @@ class DepthForgeConfig(PreTrainedConfig):
             if len(out_indices) != 4:
                 raise ValueError(f"out_indices must name 4 visual blocks (one per pyramid level), got {out_indices}.")
             if any(not 0 <= index < num_layers for index in out_indices):
-                raise ValueError(f"out_indices {out_indices} must lie in [0, {num_layers - 1}] for {num_layers} layers.")
+                raise ValueError(
+                    f"out_indices {out_indices} must lie in [0, {num_layers - 1}] for {num_layers} layers."
+                )
             if sorted(set(out_indices)) != out_indices:
                 raise ValueError(f"out_indices must be strictly increasing, got {out_indices}.")
         if self.feature_size % 32 or self.feature_size % self.group_norm_groups:
@@ -240,8 +244,14 @@ class DepthForgeConfig(PreTrainedConfig):
                 f"num_deformable_points must be 4 (transformers' deformable attention layers hard-code 4 points), "
                 f"got {self.num_deformable_points}."
             )
-        for name in ("encoder_layers", "decoder_layers", "encoder_feedforward_dim", "decoder_feedforward_dim",
-                     "train_num_points", "refinement_reduction"):
+        for name in (
+            "encoder_layers",
+            "decoder_layers",
+            "encoder_feedforward_dim",
+            "decoder_feedforward_dim",
+            "train_num_points",
+            "refinement_reduction",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
         if self.use_depth_refinement and vfm.hidden_size // self.refinement_reduction < 1:

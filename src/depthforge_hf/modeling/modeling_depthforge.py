@@ -71,7 +71,9 @@ def interpolate_position_table(
     scale = ((grid_height + offset) / side, (grid_width + offset) / side)
     patch_entries = F.interpolate(patch_entries, scale_factor=scale, mode="bicubic", align_corners=False)
     if patch_entries.shape[-2:] != (grid_height, grid_width):
-        raise RuntimeError(f"Position interpolation gave {tuple(patch_entries.shape[-2:])}, expected {grid_height}x{grid_width}.")
+        raise RuntimeError(
+            f"Position interpolation gave {tuple(patch_entries.shape[-2:])}, expected {grid_height}x{grid_width}."
+        )
     patch_entries = patch_entries.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, -1)
     return torch.cat([table[:, :1].float(), patch_entries], dim=1).to(table.dtype)
 
@@ -568,7 +570,10 @@ class DepthForgeModel(DepthForgePreTrainedModel):
         for layer_index in range(len(self.vfm.encoder.layer)):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden_states = checkpoint(
-                    self._block_with_tokens, hidden_states, depth_states[layer_index + 1], layer_index,
+                    self._block_with_tokens,
+                    hidden_states,
+                    depth_states[layer_index + 1],
+                    layer_index,
                     use_reentrant=False,
                 )
             else:
