@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image", help="an image file instead of the bundled example")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=run_demo)
+
+    from . import training
+
+    train = commands.add_parser("train", help="train (with no data arguments: the offline synthetic demo)")
+    training.add_arguments(train)
+    train.set_defaults(handler=training.run)
     return parser
 
 
