@@ -67,6 +67,7 @@ class TrainingConfig:
     log_every: int = 50
     num_workers: int = 0
     resume: str | None = None  # "latest" or a checkpoint folder
+    stop_after: int | None = None  # end this run after N steps with a checkpoint (time-limited jobs); resume later
 
 
 RECIPES = {
@@ -405,10 +406,11 @@ def train(config: TrainingConfig) -> dict:
         accelerator.print(f"resumed from {checkpoint} at step {step} (epoch {epoch}, batch {batches_done})")
     eval_sets = evaluation_sets(config)
 
+    start_step = step
     progress = tqdm(total=config.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     model.train()
     started, images_seen, skipped_nonfinite = time.perf_counter(), 0, 0
-    while step < config.max_steps:
+    while step < config.max_steps and not (config.stop_after and step - start_step >= config.stop_after):
         collator.transform = epoch_transform(config, epoch, accelerator.process_index)
         dataloader.set_epoch(epoch)
         iterator = iter(dataloader)
@@ -456,7 +458,7 @@ def train(config: TrainingConfig) -> dict:
             if config.eval_every and step % config.eval_every == 0 and eval_sets and step < config.max_steps:
                 results = evaluate(model, eval_sets, accelerator, config)
                 accelerator.print(f"step {step}: mean mIoU {results['mean_mIoU']:.2f}")
-            if step >= config.max_steps:
+            if step >= config.max_steps or (config.stop_after and step - start_step >= config.stop_after):
                 finished_epoch = False
                 break
         if finished_epoch:
@@ -467,6 +469,10 @@ def train(config: TrainingConfig) -> dict:
     if accelerator.is_main_process:
         save_checkpoint(config.output_dir, step, accelerator.unwrap_model(model), optimizer, scheduler,
                         {"epoch": epoch, "batches_done": batches_done, "history": history}, config.keep_last)
+    accelerator.wait_for_everyone()
+    if step < config.max_steps:  # stopped early on purpose: the checkpoint is the result
+        accelerator.end_training()
+        return {"step": step, "history": history, "checkpoint": list_checkpoints(config.output_dir)[-1]}
     results = evaluate(model, eval_sets, accelerator, config) if eval_sets else {}
     summary = {"step": step, "evaluation": results, "history": history, "skipped_nonfinite": skipped_nonfinite}
     if accelerator.is_main_process:

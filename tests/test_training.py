@@ -1,0 +1,100 @@
+"""Training loop tests (issue 6): official optimiser groups and schedule, atomic checkpoints, bitwise resume."""
+
+import os
+
+import pytest
+import torch
+from conftest import tiny_config_kwargs
+from safetensors.torch import load_file
+
+from depthforge_hf import DepthForgeConfig, DepthForgeForSemanticSegmentation
+from depthforge_hf.training import (
+    TrainingConfig,
+    build_scheduler,
+    list_checkpoints,
+    parameter_groups,
+    save_checkpoint,
+    train,
+)
+
+
+def tiny_model(tmp_path) -> str:
+    torch.manual_seed(0)
+    model = DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs()))
+    path = tmp_path / "tiny"
+    model.save_pretrained(path)
+    return str(path)
+
+
+def test_parameter_groups_follow_the_official_no_decay_rules():
+    model = DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs()))
+    decay, no_decay = parameter_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert {"depthforge.tokens.learnable_tokens_a", "depthforge.tokens.learnable_tokens_b",
+            "depthforge.tokens.scale", "transformer_decoder.level_embed.weight"} <= no_decay_names
+    assert "pixel_decoder.input_projections.0.1.weight" in no_decay_names  # GroupNorm
+    assert "transformer_decoder.decoder.layernorm.weight" in no_decay_names
+    # official quirk: the pixel decoder's level embedding ("level_encoding") keeps weight decay
+    assert "pixel_decoder.level_embed" in decay_names
+    assert "depthforge.tokens.mlp_delta_f.weight" in decay_names
+    assert not any(n.startswith("depthforge.vfm") for n in decay_names | no_decay_names)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_onecycle_schedule_matches_the_official_values():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=1e-4)
+    scheduler = build_scheduler(optimizer, TrainingConfig(max_steps=1000, learning_rate=1e-4, schedule="onecycle"))
+    rates = []
+    for _ in range(1000):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(1e-5)
+    assert max(rates) == pytest.approx(1e-4) and rates.index(max(rates)) == 99  # pct 0.1: peak at 0.1 * total - 1
+    assert rates[-1] == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_interrupted_checkpoint_write_leaves_previous_checkpoints_intact(tmp_path):
+    model = DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs()))
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-4)
+    scheduler = build_scheduler(optimizer, TrainingConfig(max_steps=10))
+    save_checkpoint(str(tmp_path), 2, model, optimizer, scheduler, {"epoch": 0, "batches_done": 2}, keep_last=2)
+    # a crash while writing step 4 leaves only a staging folder without completion marker
+    os.makedirs(tmp_path / ".tmp-checkpoint-4-123")
+    (tmp_path / ".tmp-checkpoint-4-123" / "trainable.safetensors").write_bytes(b"partial")
+    assert list_checkpoints(str(tmp_path)) == [str(tmp_path / "checkpoint-2")]
+    for step in (4, 6):
+        save_checkpoint(str(tmp_path), step, model, optimizer, scheduler, {"epoch": 0, "batches_done": step}, 2)
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["checkpoint-4", "checkpoint-6"]
+
+
+def run_config(tmp_path, model_dir, **overrides) -> TrainingConfig:
+    values = dict(
+        model=model_dir, output_dir=str(tmp_path / "run"), max_steps=6, batch_size=2, crop_size=64,
+        learning_rate=1e-3, save_every=3, keep_last=5, log_every=1, synthetic_train_samples=16,
+        synthetic_eval_samples=2, eval_every=0, seed=7,
+    )
+    values.update(overrides)
+    return TrainingConfig(**values)
+
+
+def test_killed_and_resumed_run_reaches_the_same_weights_bitwise(tmp_path):
+    model_dir = tiny_model(tmp_path)
+    full = train(run_config(tmp_path / "full", model_dir))
+    assert full["step"] == 6 and all(torch.isfinite(torch.tensor([h["loss"] for h in full["history"]])))
+    # the same run, stopped after 3 steps (as a preempted job would) and resumed from its latest checkpoint
+    stopped = train(run_config(tmp_path / "resumed", model_dir, stop_after=3))
+    assert stopped["step"] == 3
+    resumed = train(run_config(tmp_path / "resumed", model_dir, resume="latest"))
+    assert resumed["step"] == 6
+    a = load_file(str(tmp_path / "full" / "run" / "checkpoint-6" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "run" / "checkpoint-6" / "trainable.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the saved model directory loads and is the trained model
+    loaded = DepthForgeForSemanticSegmentation.from_pretrained(full["model_dir"])
+    assert torch.equal(loaded.depthforge.tokens.learnable_tokens_a, a["depthforge.tokens.learnable_tokens_a"])
