@@ -159,7 +159,8 @@ class PhotoMetricDistortion:
             image = hsv_to_rgb(hsv)
         if rng.integers(2):
             hsv = rgb_to_hsv(image)
-            hsv[..., 0] = (hsv[..., 0].astype(np.int64) + int(rng.integers(-self.hue_delta, self.hue_delta))) % 180
+            shift = int(rng.integers(-self.hue_delta, self.hue_delta)) if self.hue_delta > 0 else 0
+            hsv[..., 0] = (hsv[..., 0].astype(np.int64) + shift) % 180
             image = hsv_to_rgb(hsv)
         if not contrast_first and rng.integers(2):
             image = self._convert(image, alpha=rng.uniform(*self.contrast_range))
@@ -272,7 +273,10 @@ def to_label_array(label) -> np.ndarray:
 
 def normalize_image(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """HxWx3 uint8 RGB -> 3xHxW float32, (x - mean) / std on the 0..255 scale."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:  # arrays viewing PIL images are read-only; torch wants writable memory
+        image = image.copy()
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float()
     mean_tensor = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_tensor = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     return (tensor - mean_tensor) / std_tensor
