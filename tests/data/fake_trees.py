@@ -91,7 +91,8 @@ class FakeTrees:
                     save_png(os.path.join(root, "gtFine", split, city, f"{stem}_gtFine_{label_kind}.png"), stored)
                     # Cityscapes also ships colour and instance PNGs next to the ids; they must be ignored.
                     save_png(
-                        os.path.join(root, "gtFine", split, city, f"{stem}_gtFine_color.png"), random_rgb(self.rng, *size)
+                        os.path.join(root, "gtFine", split, city, f"{stem}_gtFine_color.png"),
+                        random_rgb(self.rng, *size),
                     )
                     out_split = "validation" if split == "val" else split
                     expected[out_split][f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png"] = train_ids
@@ -112,7 +113,13 @@ class FakeTrees:
         root = os.path.join(self.root, "mapillary")
         config = {
             "labels": [
-                {"name": name.lower().replace(" ", "-"), "readable": name, "color": [i, i, i], "instances": False, "evaluate": True}
+                {
+                    "name": name.lower().replace(" ", "-"),
+                    "readable": name,
+                    "color": [i, i, i],
+                    "instances": False,
+                    "evaluate": True,
+                }
                 for i, name in enumerate(readable_names)
             ],
             "version": "1.2",
@@ -148,7 +155,9 @@ class FakeTrees:
                     )
                     save_png(os.path.join(root, "gt", condition, split, sequence, f"{stem}_gt_labelIds.png"), train_ids)
                     out_split = f"{condition}_{'validation' if split == 'val' else split}"
-                    expected.setdefault(out_split, {})[f"rgb_anon/{condition}/{split}/{sequence}/{stem}_rgb_anon.png"] = train_ids
+                    expected.setdefault(out_split, {})[
+                        f"rgb_anon/{condition}/{split}/{sequence}/{stem}_rgb_anon.png"
+                    ] = train_ids
         return root, expected
 
     def camvid(self, size=(12, 20)):

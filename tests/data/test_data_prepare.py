@@ -197,6 +197,8 @@ def test_bad_files_are_reported_and_skipped(trees, tmp_path):
     assert "not in the label map: 200" in reasons["images/00003.png"]
     assert "no label found" in reasons["images/00004.png"]
     assert report["num_samples"] == 2
+    # One shard per sample was planned; shards left empty by bad files are dropped and the rest renumbered.
+    assert sorted(os.listdir(out / "data")) == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
     assert_labels_equal(read_split(out, "train"), {k: v for k, v in expected.items() if k[-6:-4] in ("05", "06")})
 
 
@@ -219,7 +221,9 @@ def test_failure_leaves_no_partial_shards(trees, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         prepare.convert_splits(prepare.gtav_sources(root), out, num_shards=4, log=None)
     # The previous complete set is intact, no staging folder or half-written shard remains.
-    assert sorted(os.listdir(out / "data")) == before == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    assert (
+        sorted(os.listdir(out / "data")) == before == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    )
 
 
 def test_rerun_with_other_shard_count_replaces_old_shards(trees, tmp_path):
@@ -251,4 +255,3 @@ def test_cli_parser_validates_acdc_conditions():
     assert args.conditions == ["night", "snow"]
     with pytest.raises(SystemExit):
         parser.parse_args(["acdc", "--root", "r", "--output", "o", "--conditions", "sandstorm"])
-

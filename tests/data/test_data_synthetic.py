@@ -66,7 +66,9 @@ def test_domains_are_shifted_in_appearance(generator):
     mean_abs = {}
     for domain in DOMAINS[1:]:
         differences = [
-            np.abs(generator.sample(i, domain).image.astype(int) - generator.sample(i, "source").image.astype(int)).mean()
+            np.abs(
+                generator.sample(i, domain).image.astype(int) - generator.sample(i, "source").image.astype(int)
+            ).mean()
             for i in range(5)
         ]
         mean_abs[domain] = np.mean(differences)

@@ -210,10 +210,15 @@ def test_collate_pads_normalises_and_types():
 def test_collate_with_train_transform_gives_crop_sized_batches():
     rng = np.random.default_rng(0)
     examples = [
-        {"image": rng.integers(0, 256, size=(60, 100, 3), dtype=np.uint8), "label": blocky_label(rng, 60, 100, [0, 1, 2], 10)}
+        {
+            "image": rng.integers(0, 256, size=(60, 100, 3), dtype=np.uint8),
+            "label": blocky_label(rng, 60, 100, [0, 1, 2], 10),
+        }
         for _ in range(3)
     ]
-    collate = SegmentationCollator(SegmentationTrainTransform(crop_size=48, short_sides=(40, 60, 80), seed=0), pad_to=48)
+    collate = SegmentationCollator(
+        SegmentationTrainTransform(crop_size=48, short_sides=(40, 60, 80), seed=0), pad_to=48
+    )
     batch = collate(examples)
     assert batch["pixel_values"].shape == (3, 3, 48, 48) and batch["labels"].shape == (3, 48, 48)
     assert set(batch["labels"].unique().tolist()) <= {0, 1, 2, 255}

@@ -354,7 +354,9 @@ def mapillary_label_map(config: Mapping | str | os.PathLike) -> LabelMap:
         with open(config) as handle:
             config = json.load(handle)
     labels = config["labels"]
-    return LabelMap(mapping={index: mapillary_class_to_train_id(entry["readable"]) for index, entry in enumerate(labels)})
+    return LabelMap(
+        mapping={index: mapillary_class_to_train_id(entry["readable"]) for index, entry in enumerate(labels)}
+    )
 
 
 # CamVid in the widely used 11-class SegNet release (`train/`, `trainannot/`, ...): value -> class, 11 = void.

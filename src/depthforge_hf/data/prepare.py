@@ -107,7 +107,9 @@ def _pair_by_suffix(
         candidates = [candidates] if isinstance(candidates, str) else list(candidates)
         label_path = next((c for c in candidates if os.path.isfile(c)), None)
         if label_path is None:
-            problems.append(BadFile(_relative(image_path, root), f"no label found (looked for {_relative(candidates[0], root)})"))
+            problems.append(
+                BadFile(_relative(image_path, root), f"no label found (looked for {_relative(candidates[0], root)})")
+            )
         else:
             pairs.append(SamplePair(image_path, label_path, _relative(image_path, root)))
     return pairs, problems
@@ -147,7 +149,9 @@ def cityscapes_sources(root: str, splits: Sequence[str] = ("train", "val")) -> l
             elif os.path.isfile(label_ids):
                 id_pairs.append(SamplePair(image_path, label_ids, _relative(image_path, root)))
             else:
-                problems.append(BadFile(_relative(image_path, root), f"no label found (looked for {_relative(label_ids, root)})"))
+                problems.append(
+                    BadFile(_relative(image_path, root), f"no label found (looked for {_relative(label_ids, root)})")
+                )
         out_split = _hub_split_name(split)
         # The two label encodings need different maps, so they become two sources writing the same split only when
         # a tree mixes them; normally one of the two lists is empty.
@@ -157,9 +161,17 @@ def cityscapes_sources(root: str, splits: Sequence[str] = ("train", "val")) -> l
                 "run cityscapesscripts' createTrainIdLabelImgs or remove the *_labelTrainIds.png files."
             )
         if train_id_pairs:
-            sources.append(SplitSource(out_split, "cityscapes", train_id_pairs, train_id_identity_map(), discovery_problems=problems))
+            sources.append(
+                SplitSource(
+                    out_split, "cityscapes", train_id_pairs, train_id_identity_map(), discovery_problems=problems
+                )
+            )
         else:
-            sources.append(SplitSource(out_split, "cityscapes", id_pairs, cityscapes_id_to_train_id_map(), discovery_problems=problems))
+            sources.append(
+                SplitSource(
+                    out_split, "cityscapes", id_pairs, cityscapes_id_to_train_id_map(), discovery_problems=problems
+                )
+            )
     return sources
 
 
@@ -174,7 +186,9 @@ def bdd100k_sources(root: str, splits: Sequence[str] = ("train", "val")) -> list
         pairs, problems = _pair_by_suffix(
             root, images, lambda p, d=mask_dir: os.path.join(d, os.path.splitext(os.path.basename(p))[0] + ".png")
         )
-        sources.append(SplitSource(_hub_split_name(split), "bdd100k", pairs, train_id_identity_map(), discovery_problems=problems))
+        sources.append(
+            SplitSource(_hub_split_name(split), "bdd100k", pairs, train_id_identity_map(), discovery_problems=problems)
+        )
     return sources
 
 
@@ -246,8 +260,12 @@ def camvid_sources(root: str, splits: Sequence[str] = ("train", "val", "test")) 
         _require_dir(os.path.join(root, split), "CamVid")
         images = glob.glob(os.path.join(root, split, "*.png"))
         annotation_dir = os.path.join(root, f"{split}annot")
-        pairs, problems = _pair_by_suffix(root, images, lambda p, d=annotation_dir: os.path.join(d, os.path.basename(p)))
-        sources.append(SplitSource(_hub_split_name(split), "camvid", pairs, camvid_label_map(), discovery_problems=problems))
+        pairs, problems = _pair_by_suffix(
+            root, images, lambda p, d=annotation_dir: os.path.join(d, os.path.basename(p))
+        )
+        sources.append(
+            SplitSource(_hub_split_name(split), "camvid", pairs, camvid_label_map(), discovery_problems=problems)
+        )
     return sources
 
 
@@ -399,7 +417,9 @@ def convert_pair(pair: SamplePair, source: SplitSource) -> tuple[dict, np.ndarra
     image = _decode(pair.image_path, "image")
     label = _decode(pair.label_path, "label")
     if image.size != label.size:
-        raise BadSampleError(f"label size {label.size[0]}x{label.size[1]} differs from image size {image.size[0]}x{image.size[1]}")
+        raise BadSampleError(
+            f"label size {label.size[0]}x{label.size[1]} differs from image size {image.size[0]}x{image.size[1]}"
+        )
     if source.label_map.is_color:
         raw_label = np.asarray(label.convert("RGB"))
     else:
@@ -432,7 +452,10 @@ def convert_pair(pair: SamplePair, source: SplitSource) -> tuple[dict, np.ndarra
             image_bytes = handle.read()
     row = {
         "image": {"bytes": image_bytes, "path": os.path.basename(pair.image_path)},
-        "label": {"bytes": encode_png(train_ids), "path": os.path.splitext(os.path.basename(pair.image_path))[0] + ".png"},
+        "label": {
+            "bytes": encode_png(train_ids),
+            "path": os.path.splitext(os.path.basename(pair.image_path))[0] + ".png",
+        },
         "domain": source.domain,
         "file_name": pair.file_name,
     }
@@ -457,8 +480,8 @@ def _convert_shard(pairs: list[SamplePair], source: SplitSource, path: str) -> _
             continue
         pixel_counts += np.bincount(train_ids.ravel(), minlength=256)
         rows.append(row)
-    # An empty shard is still written (with the right schema) so that the shard set stays complete and evenly named.
-    write_rows_to_parquet(rows, path)
+    if rows:  # a shard whose samples were all bad is not written; `StagedSplit.commit` renumbers the others
+        write_rows_to_parquet(rows, path)
     return _ShardResult(len(rows), pixel_counts, bad_files)
 
 
@@ -494,7 +517,9 @@ def convert_split(
                 ]
                 results = [future.result() for future in futures]
         else:
-            results = [_convert_shard(chunk, source, staged.staging_path(index)) for index, chunk in enumerate(shard_pairs)]
+            results = [
+                _convert_shard(chunk, source, staged.staging_path(index)) for index, chunk in enumerate(shard_pairs)
+            ]
         shard_paths = staged.commit()
     except BaseException:
         staged.abort()
@@ -507,7 +532,7 @@ def convert_split(
         split=source.split,
         domain=source.domain,
         num_samples=sum(result.num_samples for result in results),
-        num_shards=num_shards,
+        num_shards=len(shard_paths),
         shards=[os.path.relpath(path, output_dir) for path in shard_paths],
         class_names=class_names,
         class_pixel_counts={name: int(pixel_counts[i]) for i, name in enumerate(class_names)},

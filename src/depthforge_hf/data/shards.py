@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 
 import datasets
+import pyarrow.parquet as pq
 
 # Every dataset, real or synthetic, has exactly these columns so that streams can be mixed and metrics grouped.
 SEGMENTATION_FEATURES = datasets.Features(
@@ -49,7 +50,9 @@ def write_rows_to_parquet(rows: Sequence[dict], path: str) -> None:
             if row[image_column].get("bytes") is None:
                 raise ValueError(f"Row {row.get('file_name')!r}: column {image_column!r} has no embedded bytes.")
     dataset = datasets.Dataset.from_dict(columns, features=SEGMENTATION_FEATURES)
-    dataset.to_parquet(path)
+    # The in-memory table carries the features in its schema metadata, which `load_dataset("parquet")` reads back
+    # (Image columns stay Image). Written with pyarrow directly to skip `to_parquet`'s progress bar per shard.
+    pq.write_table(dataset.data.table, path)
 
 
 class StagedSplit:
@@ -71,13 +74,18 @@ class StagedSplit:
         return os.path.join(self.staging_dir, shard_file_name(self.split, index, self.num_shards))
 
     def commit(self) -> list[str]:
-        """Moves every staged shard into `data/` and deletes older shards of the same split."""
-        names = [shard_file_name(self.split, index, self.num_shards) for index in range(self.num_shards)]
-        missing = [name for name in names if not os.path.exists(os.path.join(self.staging_dir, name))]
-        if missing:
-            raise RuntimeError(f"Cannot commit split {self.split!r}: shards not written: {missing}")
-        for name in names:
-            os.replace(os.path.join(self.staging_dir, name), os.path.join(self.data_dir, name))
+        """Moves the staged shards into `data/` and deletes older shards of the same split.
+
+        Shards that were never written (every sample of theirs was bad) are left out and the rest renumbered, so that
+        the final names are `-00000-of-N` .. `-(N-1)-of-N` with N the shards that hold data; `datasets` cannot read
+        a parquet file without rows.
+        """
+        staged = [
+            self.staging_path(index) for index in range(self.num_shards) if os.path.exists(self.staging_path(index))
+        ]
+        names = [shard_file_name(self.split, index, len(staged)) for index in range(len(staged))]
+        for path, name in zip(staged, names, strict=True):
+            os.replace(path, os.path.join(self.data_dir, name))
         stale_prefix = f"{self.split}-"
         for name in os.listdir(self.data_dir):
             if name.startswith(stale_prefix) and name.endswith(".parquet") and name not in names:
@@ -123,7 +131,9 @@ def write_dataset_card(output_dir: str | os.PathLike, pretty_name: str, class_na
     """
     output_dir = os.fspath(output_dir)
     split_names = splits_in(output_dir)
-    yaml_splits = "\n".join(f"      - split: {name}\n        path: {DATA_DIR}/{split_glob(name)}" for name in split_names)
+    yaml_splits = "\n".join(
+        f"      - split: {name}\n        path: {DATA_DIR}/{split_glob(name)}" for name in split_names
+    )
     card = (
         "---\n"
         "configs:\n"

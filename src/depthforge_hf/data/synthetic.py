@@ -234,7 +234,11 @@ def _sign_shape(kind: int, instance: int):
             face = (b > 0.05) & (np.abs(a - 0.5) < 0.5 * (b - 0.05) / 0.95 + 0.02)
         else:
             face = np.ones_like(a, dtype=bool)
-        rim = face & ~(((a - 0.5) ** 2 + (b - 0.5) ** 2 < 0.12) if kind == 0 else ((np.abs(a - 0.5) < 0.3) & (np.abs(b - 0.55) < 0.3)))
+        rim = face & ~(
+            ((a - 0.5) ** 2 + (b - 0.5) ** 2 < 0.12)
+            if kind == 0
+            else ((np.abs(a - 0.5) < 0.3) & (np.abs(b - 0.55) < 0.3))
+        )
         return [(face, TRAFFIC_SIGN, M_SIGN, instance), (rim, TRAFFIC_SIGN, M_SIGN, instance + 3)]
 
     return shape
@@ -282,7 +286,9 @@ class SyntheticStreetScenes:
     def _tileable_noise(rng, size, octaves=(4.0, 2.0, 1.0), base_sigma=1.0) -> np.ndarray:
         total = np.zeros((size, size), dtype=np.float32)
         for weight, sigma in zip(octaves, (8.0, 3.0, 1.0), strict=False):
-            layer = gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), sigma * base_sigma, mode="wrap")
+            layer = gaussian_filter(
+                rng.standard_normal((size, size)).astype(np.float32), sigma * base_sigma, mode="wrap"
+            )
             total += weight * layer / (layer.std() + 1e-6)
         return (total / (total.std() + 1e-6)).astype(np.float32)
 
@@ -440,12 +446,24 @@ class SyntheticStreetScenes:
                         size = rng.uniform(0.5, 0.9)
                         sign_bottom = rng.uniform(1.9, min(2.8, pole_height - size))
                         kind = int(rng.integers(3))
-                        add(lateral - side * 0.05, z - 0.05, size, sign_bottom, sign_bottom + size,
-                            _sign_shape(kind, canvas.new_instance()))
+                        add(
+                            lateral - side * 0.05,
+                            z - 0.05,
+                            size,
+                            sign_bottom,
+                            sign_bottom + size,
+                            _sign_shape(kind, canvas.new_instance()),
+                        )
                     elif extra < 0.8:
                         light_bottom = pole_height - 1.0
-                        add(lateral - side * 0.3, z - 0.05, 0.35, light_bottom, light_bottom + 0.95,
-                            _traffic_light_shape(int(rng.integers(3))))
+                        add(
+                            lateral - side * 0.3,
+                            z - 0.05,
+                            0.35,
+                            light_bottom,
+                            light_bottom + 0.95,
+                            _traffic_light_shape(int(rng.integers(3))),
+                        )
                     else:
                         canvas.scene.lights.append(("street", lateral, z, pole_height))
                 elif choice < 0.75:
@@ -459,8 +477,14 @@ class SyntheticStreetScenes:
             curb_x, walk = (road_left, sidewalk_width[0]) if side < 0 else (road_right, sidewalk_width[1])
             lateral = curb_x + side * rng.uniform(0.3, walk - 0.3)
             person_height = rng.uniform(1.55, 1.95)
-            add(lateral, rng.uniform(3, 50), person_height * 0.32, 0.0, person_height,
-                _person_shape(PERSON, 2, canvas.new_instance(), canvas.new_instance()))
+            add(
+                lateral,
+                rng.uniform(3, 50),
+                person_height * 0.32,
+                0.0,
+                person_height,
+                _person_shape(PERSON, 2, canvas.new_instance(), canvas.new_instance()),
+            )
 
         # Vehicles on the road (seen from behind) and parked along the curbs.
         lanes = np.arange(road_left + 1.4, road_right - 1.2, 3.2)
@@ -469,8 +493,14 @@ class SyntheticStreetScenes:
             z = rng.uniform(4, 90)
             kind = rng.random()
             if kind < 0.78:
-                add(lateral, z, rng.uniform(1.7, 2.0), 0.0, rng.uniform(1.35, 1.75),
-                    _car_shape(canvas.new_instance(), 0))
+                add(
+                    lateral,
+                    z,
+                    rng.uniform(1.7, 2.0),
+                    0.0,
+                    rng.uniform(1.35, 1.75),
+                    _car_shape(canvas.new_instance(), 0),
+                )
             elif kind < 0.9:
                 add(lateral, z, 2.5, 0.0, rng.uniform(3.0, 3.8), _truck_shape(canvas.new_instance(), TRUCK))
             else:
@@ -483,8 +513,14 @@ class SyntheticStreetScenes:
             z = rng.uniform(5, 40)
             label = BICYCLE if rng.random() < 0.65 else MOTORCYCLE
             add(lateral, z, 1.8, 0.0, 1.05, _cycle_shape(label, canvas.new_instance()))
-            add(lateral + 0.05, z - 0.02, 0.55, 0.85, 1.75,
-                _person_shape(RIDER, 2, canvas.new_instance(), canvas.new_instance()))
+            add(
+                lateral + 0.05,
+                z - 0.02,
+                0.55,
+                0.85,
+                1.75,
+                _person_shape(RIDER, 2, canvas.new_instance(), canvas.new_instance()),
+            )
 
         for z, box, shape, u_scale in sorted(objects, key=lambda item: -item[0]):
             canvas.paint(box, z, shape, u_scale)
@@ -531,11 +567,21 @@ class SyntheticStreetScenes:
         image = colors[scene.material]
         # Per-object colours for paint, clothes and facades, and the lamps of traffic lights and cars.
         facade = self._instance_colors(rng, np.array([(150, 120, 100), (120, 120, 130), (170, 150, 120)]), 0.1)
-        bodies = self._instance_colors(rng, np.array([(20, 40, 200), (200, 30, 30), (230, 230, 230), (30, 30, 30)]), 0.1)
-        clothes = self._instance_colors(rng, np.array([(200, 40, 60), (40, 60, 160), (60, 60, 60), (230, 200, 40)]), 0.15)
+        bodies = self._instance_colors(
+            rng, np.array([(20, 40, 200), (200, 30, 30), (230, 230, 230), (30, 30, 30)]), 0.1
+        )
+        clothes = self._instance_colors(
+            rng, np.array([(200, 40, 60), (40, 60, 160), (60, 60, 60), (230, 200, 40)]), 0.15
+        )
         signs = self._instance_colors(rng, np.array([(230, 220, 20), (230, 30, 30), (250, 250, 250)]), 0.05)
         frames = self._instance_colors(rng, np.array([(130, 20, 40), (20, 20, 230)]), 0.1)
-        for material, table in ((M_FACADE, facade), (M_BODY, bodies), (M_CLOTHES, clothes), (M_SIGN, signs), (M_FRAME, frames)):
+        for material, table in (
+            (M_FACADE, facade),
+            (M_BODY, bodies),
+            (M_CLOTHES, clothes),
+            (M_SIGN, signs),
+            (M_FRAME, frames),
+        ):
             mask = scene.material == material
             image[mask] = table[scene.instance[mask] % len(table)]
         self._paint_lamps(image, scene, night=False)
@@ -581,14 +627,22 @@ class SyntheticStreetScenes:
             rng, np.array([(165, 90, 70), (205, 195, 175), (150, 150, 145), (120, 105, 90), (215, 210, 200)]), 0.12
         )
         bodies = self._instance_colors(
-            rng, np.array([(150, 150, 155), (30, 30, 35), (215, 215, 215), (110, 20, 25), (40, 55, 90), (95, 100, 85)]), 0.1
+            rng,
+            np.array([(150, 150, 155), (30, 30, 35), (215, 215, 215), (110, 20, 25), (40, 55, 90), (95, 100, 85)]),
+            0.1,
         )
         clothes = self._instance_colors(
             rng, np.array([(40, 40, 45), (90, 90, 100), (150, 130, 110), (30, 45, 80), (120, 40, 40)]), 0.2
         )
         signs = self._instance_colors(rng, np.array([(35, 70, 160), (200, 200, 200), (190, 40, 40)]), 0.1)
         frames = self._instance_colors(rng, np.array([(60, 60, 65), (150, 150, 160), (20, 20, 20)]), 0.1)
-        for material, table in ((M_FACADE, facade), (M_BODY, bodies), (M_CLOTHES, clothes), (M_SIGN, signs), (M_FRAME, frames)):
+        for material, table in (
+            (M_FACADE, facade),
+            (M_BODY, bodies),
+            (M_CLOTHES, clothes),
+            (M_SIGN, signs),
+            (M_FRAME, frames),
+        ):
             mask = scene.material == material
             image[mask] = table[scene.instance[mask] % len(table)]
         self._paint_lamps(image, scene, night=night)
@@ -603,9 +657,7 @@ class SyntheticStreetScenes:
         strength[[M_SKY, M_GLASS, M_LAMP]] = 0.0
         amount = strength[scene.material]
         image *= (1.0 + amount * (0.6 * coarse + 0.8 * fine))[..., None]
-        paving = (scene.material == M_SIDEWALK) & (
-            ((scene.surface_u % 0.6) < 0.04) | ((scene.surface_v % 0.6) < 0.04)
-        )
+        paving = (scene.material == M_SIDEWALK) & (((scene.surface_u % 0.6) < 0.04) | ((scene.surface_v % 0.6) < 0.04))
         image[paving] *= 0.8
 
         # Sky: a vertical gradient with clouds.
@@ -676,13 +728,23 @@ class SyntheticStreetScenes:
         dark = image * np.array([0.16, 0.18, 0.26], dtype=np.float32)
         # Lit windows (some), lamps, and glows from street lights and tail lights.
         windows = scene.material == M_WINDOW
-        lit = windows & ((scene.instance * 7 + (scene.surface_u // 2.5).astype(np.int64) * 3
-                          + (scene.surface_v // 3.2).astype(np.int64)) % 3 == 0)
+        lit = windows & (
+            (
+                scene.instance * 7
+                + (scene.surface_u // 2.5).astype(np.int64) * 3
+                + (scene.surface_v // 3.2).astype(np.int64)
+            )
+            % 3
+            == 0
+        )
         dark[lit] = np.array([230, 190, 110], dtype=np.float32) * rng.uniform(0.6, 1.0)
         lamps = scene.material == M_LAMP
         dark[lamps] = np.maximum(dark[lamps], image[lamps] * 1.2)
         # Light sources: impulses blurred once per kind (street lamps: wide and warm; tail lights: small and red).
-        impulses = {"street": np.zeros((height, width), dtype=np.float32), "tail": np.zeros((height, width), dtype=np.float32)}
+        impulses = {
+            "street": np.zeros((height, width), dtype=np.float32),
+            "tail": np.zeros((height, width), dtype=np.float32),
+        }
         for kind, box in scene.lights:
             if box is None:
                 continue
@@ -748,7 +810,13 @@ def _features(include_depth: bool) -> datasets.Features:
 
 
 def _generate_rows(
-    shard_indices: Sequence[Sequence[int]], domain: str, split: str, height: int, width: int, seed: int, include_depth: bool
+    shard_indices: Sequence[Sequence[int]],
+    domain: str,
+    split: str,
+    height: int,
+    width: int,
+    seed: int,
+    include_depth: bool,
 ) -> Iterator[dict]:
     generator = SyntheticStreetScenes(height, width, seed)
     for indices in shard_indices:
@@ -824,7 +892,9 @@ def synthetic_benchmark(
     (source included, to measure the in-domain score next to the shifted ones)."""
     train = synthetic_stream(SOURCE_DOMAIN, "train", num_train, height, width, seed, num_shards)
     if streaming_validation:
-        validation = {d: synthetic_stream(d, "validation", num_validation, height, width, seed, num_shards) for d in DOMAINS}
+        validation = {
+            d: synthetic_stream(d, "validation", num_validation, height, width, seed, num_shards) for d in DOMAINS
+        }
     else:
         validation = {d: synthetic_dataset(d, "validation", num_validation, height, width, seed) for d in DOMAINS}
     return train, validation
@@ -858,7 +928,8 @@ def write_synthetic_benchmark(
                     sample = generator.sample(index, domain, geometry_split)
                     pixel_counts += np.bincount(sample.label.ravel(), minlength=256)
                     rows.append(_sample_row(sample, include_depth=False))
-                write_rows_to_parquet(rows, staged.staging_path(shard))
+                if rows:
+                    write_rows_to_parquet(rows, staged.staging_path(shard))
             staged.commit()
         except BaseException:
             staged.abort()

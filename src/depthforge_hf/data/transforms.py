@@ -213,7 +213,9 @@ class SegmentationTrainTransform:
         self.max_long_side = max_long_side
         self.cat_max_ratio = cat_max_ratio
         self.flip_probability = flip_probability
-        self.photometric_distortion = photometric_distortion if photometric_distortion is not None else PhotoMetricDistortion()
+        self.photometric_distortion = (
+            photometric_distortion if photometric_distortion is not None else PhotoMetricDistortion()
+        )
         self._generator = _WorkerLocalGenerator(seed)
 
     @classmethod
