@@ -121,3 +121,15 @@ def test_written_benchmark_loads_like_a_converted_dataset(tmp_path):
     stream = load_segmentation_data(tmp_path, "validation_night")
     assert [row["domain"] for row in stream] == ["synthetic/night"] * 2
     assert "split: validation_snow" in (tmp_path / "README.md").read_text()
+
+
+def test_cli_writes_synthetic_benchmark_loadable_by_folder_name(tmp_path):
+    from depthforge_hf.data.prepare import main
+
+    out = tmp_path / "synthetic"
+    assert main(["synthetic", "--output", str(out), "--num-train", "3", "--num-validation", "1", "--height", "32",
+                 "--width", "64"]) == 0  # fmt: skip
+    # The README `configs` let plain `load_dataset(<folder or Hub repo>)` find every split, as on the Hub.
+    stream = datasets.load_dataset(str(out), split="validation_fog", streaming=True)
+    assert [row["domain"] for row in stream] == ["synthetic/fog"]
+    assert len(list(datasets.load_dataset(str(out), split="train", streaming=True))) == 3
