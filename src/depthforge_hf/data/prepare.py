@@ -96,22 +96,18 @@ def _relative(path: str, root: str) -> str:
 
 
 def _pair_by_suffix(
-    root: str,
-    image_paths: Sequence[str],
-    label_path_for: Callable[[str], str | Sequence[str]],
+    root: str, image_paths: Sequence[str], label_path_for: Callable[[str], str]
 ) -> tuple[list[SamplePair], list[BadFile]]:
-    """Pairs each image with the first existing candidate label path; images without one are reported."""
+    """Pairs each image with its label path; images whose label file is missing are reported."""
     pairs, problems = [], []
     for image_path in sorted(image_paths):
-        candidates = label_path_for(image_path)
-        candidates = [candidates] if isinstance(candidates, str) else list(candidates)
-        label_path = next((c for c in candidates if os.path.isfile(c)), None)
-        if label_path is None:
-            problems.append(
-                BadFile(_relative(image_path, root), f"no label found (looked for {_relative(candidates[0], root)})")
-            )
-        else:
+        label_path = label_path_for(image_path)
+        if os.path.isfile(label_path):
             pairs.append(SamplePair(image_path, label_path, _relative(image_path, root)))
+        else:
+            problems.append(
+                BadFile(_relative(image_path, root), f"no label found (looked for {_relative(label_path, root)})")
+            )
     return pairs, problems
 
 
@@ -153,8 +149,7 @@ def cityscapes_sources(root: str, splits: Sequence[str] = ("train", "val")) -> l
                     BadFile(_relative(image_path, root), f"no label found (looked for {_relative(label_ids, root)})")
                 )
         out_split = _hub_split_name(split)
-        # The two label encodings need different maps, so they become two sources writing the same split only when
-        # a tree mixes them; normally one of the two lists is empty.
+        # The two label encodings need different label maps; a tree that mixes them is refused rather than guessed.
         if train_id_pairs and id_pairs:
             raise ValueError(
                 f"Cityscapes {split}: some cities have *_labelTrainIds.png and others only *_labelIds.png; "

@@ -584,13 +584,13 @@ class SyntheticStreetScenes:
         ):
             mask = scene.material == material
             image[mask] = table[scene.instance[mask] % len(table)]
-        self._paint_lamps(image, scene, night=False)
+        self._paint_lamps(image, scene)
         # Only a mild height/distance shading; the source domain stays flat and clean.
         shade = 1.0 - 0.1 * np.clip(scene.depth / 150.0, 0, 1)[..., None]
         shade = np.where((scene.material == M_SKY)[..., None], 1.0, shade)
         return np.clip(image * shade, 0, 255).astype(np.uint8)
 
-    def _paint_lamps(self, image: np.ndarray, scene: SyntheticScene, night: bool) -> None:
+    def _paint_lamps(self, image: np.ndarray, scene: SyntheticScene) -> None:
         lamps = scene.material == M_LAMP
         lamp_colors = np.array(
             [(60, 60, 60), (200, 30, 30), (230, 40, 30), (240, 190, 30), (40, 220, 90), (50, 50, 50)], dtype=np.float32
@@ -645,7 +645,7 @@ class SyntheticStreetScenes:
         ):
             mask = scene.material == material
             image[mask] = table[scene.instance[mask] % len(table)]
-        self._paint_lamps(image, scene, night=night)
+        self._paint_lamps(image, scene)
 
         # Surface textures: asphalt grain, grass, leaves, brick/plaster, paving.
         coarse = self._texture(scene, 8.0)

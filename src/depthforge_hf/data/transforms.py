@@ -194,8 +194,10 @@ class _WorkerLocalGenerator:
 class SegmentationTrainTransform:
     """The official DepthForge training augmentation (see the module docstring).
 
-    Call with (image, label) arrays and optionally an explicit `rng`; without one, a generator seeded from torch's
-    per-worker seed is used (or from `seed` when given, for reproducible tests).
+    Call with (image, label) arrays and optionally an explicit `rng`. Without one, each process and DataLoader worker
+    draws from a generator seeded with `torch.initial_seed()`, which PyTorch changes per worker and per epoch (and
+    `accelerate.set_seed(..., device_specific=True)` per rank), so leave `seed=None` for training. A fixed `seed`
+    makes the sequence reproducible (tests, benchmarks) but then repeats in every epoch's fresh workers.
     """
 
     def __init__(
