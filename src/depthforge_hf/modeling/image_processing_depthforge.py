@@ -179,7 +179,7 @@ def resize_array(image: np.ndarray, size: tuple[int, int], resample=PILImageResa
             return np.clip(np.round(out), 0, 255).astype(np.uint8)
         return out
     mode = _TORCH_MODES[resample]
-    tensor = torch.from_numpy(np.ascontiguousarray(image))
+    tensor = torch.from_numpy(np.array(image))  # a writable copy
     is_integer = not torch.is_floating_point(tensor)
     kwargs = {} if mode == "nearest" else {"align_corners": False}
     out = F.interpolate(tensor[None].to(torch.float32), size=tuple(size), mode=mode, **kwargs)[0]

@@ -79,13 +79,15 @@ def interpolate_position_table(
 
 
 def pad_to_patch(pixel_values: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad (bottom/right) an input smaller than one patch to the patch size; returns it and the original size.
+    """Zero-pad (bottom/right) an input smaller than two patches to two patches; returns it and the original size.
 
-    The official test pipeline never pads, and the patch convolution needs at least one patch. Zero in normalised
-    space is the mean colour, the value the official data preprocessor pads with.
+    The official test pipeline never pads, but the network needs a patch grid of at least 2 x 2 (the stride-32
+    pyramid level halves the stride-16 grid). Zero in normalised space is the mean colour, the value the official
+    data preprocessor pads with.
     """
     height, width = pixel_values.shape[-2:]
-    pad_height, pad_width = max(patch_size - height, 0), max(patch_size - width, 0)
+    minimum = 2 * patch_size
+    pad_height, pad_width = max(minimum - height, 0), max(minimum - width, 0)
     if pad_height or pad_width:
         pixel_values = F.pad(pixel_values, (0, pad_width, 0, pad_height), value=0.0)
     return pixel_values, (height, width)
@@ -776,7 +778,7 @@ class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
                 # Per-window query outputs have no whole-image meaning: only `logits` is returned.
                 logits = self.slide_logits(pixel_values, window, stride, batch)
                 return DepthForgeSemanticSegmenterOutput(logits=logits)
-            if height < self.config.patch_size or width < self.config.patch_size:
+            if height < 2 * self.config.patch_size or width < 2 * self.config.patch_size:
                 padded, (height, width) = pad_to_patch(pixel_values, self.config.patch_size)
                 outputs = self._segment(padded, None, output_hidden_states, True)
                 outputs.logits = outputs.logits[..., :height, :width]
@@ -803,8 +805,9 @@ class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
     ) -> torch.Tensor:
         """Semantic scores (B, num_labels, H, W) at the input size by the official test protocol (call it on an
         eval-mode model): `"slide"` (overlapping windows, logits averaged where they overlap; a single window when
-        the image fits in one) or `"whole"`. Inputs smaller than one patch are zero-padded (the normalised mean
-        colour, the official padding value) at the bottom/right and the logits cropped back. The eval-mode
+        the image fits in one) or `"whole"`. Inputs smaller than two patches (the smallest grid the pyramid takes)
+        are zero-padded (the normalised mean colour, the official padding value) at the bottom/right and the logits
+        cropped back. The eval-mode
         `forward` without labels computes the same `logits`."""
         mode, window, stride, batch = self._inference_settings(
             inference_mode, window_size, window_stride, window_batch_size
@@ -815,7 +818,7 @@ class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
         return self._window_logits(pixel_values)
 
     def _window_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Whole-input logits, padding inputs smaller than one patch and cropping the logits back."""
+        """Whole-input logits, padding inputs smaller than two patches and cropping the logits back."""
         height, width = pixel_values.shape[-2:]
         padded, _ = pad_to_patch(pixel_values, self.config.patch_size)
         return self._segment(padded, None, False, True).logits[..., :height, :width]
