@@ -381,7 +381,8 @@ class DepthForgeSemanticSegmenterOutput(ModelOutput):
     logits (`torch.Tensor` of shape `(batch_size, num_labels, height, width)`, *optional*):
         Semantic scores at the input resolution: sum over queries of softmax(class)[:num_labels] x sigmoid(mask), the
         mask logits resized bilinearly to the input size first (the official inference). Computed in eval mode or with
-        `return_logits=True`.
+        `return_logits=True`. In slide mode (eval, no labels, input larger than `config.inference_window_size`) they
+        are the window logits averaged where windows overlap (float32), and every other field is `None`.
     class_queries_logits (`torch.Tensor` of shape `(batch_size, num_queries, num_labels + 1)`):
         Class logits of the last decoder prediction; the last column is "no object".
     masks_queries_logits (`torch.Tensor` of shape `(batch_size, num_queries, height / 4, width / 4)`):
