@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoBackbone, AutoModelForDepthEstimation, PreTrainedModel
+from transformers import AutoBackbone, AutoModelForDepthEstimation, Dinov2Backbone, PreTrainedModel
 from transformers import initialization as init
 from transformers.models.mask2former.configuration_mask2former import Mask2FormerConfig
 from transformers.models.mask2former.modeling_mask2former import (
@@ -436,6 +436,17 @@ class DepthForgePreTrainedModel(PreTrainedModel):
             self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, then re-freeze the foundation models: transformers' loader replaces
+        every parameter with a new one whose `requires_grad` is True."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        for module in model.modules():
+            if isinstance(module, DepthForgeModel):
+                module.freeze_foundation_models()
+        return loaded
+
     def _init_weights(self, module: nn.Module):
         """Official initialisation (mmseg/mmdet `init_weights`, see `spec/head-equivalence.md` D19).
 
@@ -546,6 +557,8 @@ class DepthForgeModel(DepthForgePreTrainedModel):
         self.tokens = DepthForgeTokens(config)
         self.patch_size = config.patch_size
         self.out_indices = list(config.out_indices)
+        # Set by `gradient_checkpointing_enable()`: our explicit layer loop checkpoints block + token update together
+        # (the frozen DINOv2 layers stay in eval mode, where their own checkpointing logic would not run).
         self.gradient_checkpointing = False
         self.post_init()
         self.freeze_foundation_models()
@@ -561,11 +574,6 @@ class DepthForgeModel(DepthForgePreTrainedModel):
         self.vfm.eval()
         self.depth_encoder.eval()
         return self
-
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None):
-        # Our explicit layer loop checkpoints block + token update together; the frozen DINOv2 layers stay in eval
-        # mode, where their own GradientCheckpointingLayer logic would not checkpoint anyway.
-        self.gradient_checkpointing = enable
 
     @torch.no_grad()
     def depth_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
@@ -644,6 +652,25 @@ class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
         self.criterion = DepthForgeLoss(component_config, num_queries=config.num_queries)
         self.post_init()
 
+    def parameter_breakdown(self) -> dict[str, dict[str, int]]:
+        """Parameter counts per part, split into trainable and frozen (as in peft's `print_trainable_parameters`)."""
+        parts = {
+            "depth-aware tokens": self.depthforge.tokens,
+            "refinement decoder": self.refinement,
+            "pixel decoder": self.pixel_decoder,
+            "transformer decoder": self.transformer_decoder,
+            "visual foundation model": self.depthforge.vfm,
+            "depth encoder": self.depthforge.depth_encoder,
+        }
+        breakdown = {}
+        for name, module in parts.items():
+            parameters = list(module.parameters()) if module is not None else []
+            breakdown[name] = {
+                "trainable": sum(p.numel() for p in parameters if p.requires_grad),
+                "frozen": sum(p.numel() for p in parameters if not p.requires_grad),
+            }
+        return breakdown
+
     @classmethod
     def from_pretrained_backbones(
         cls,
@@ -661,7 +688,9 @@ class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
         does not load is an error, never a silently random tensor. Tokens and head are freshly initialised.
         Further keyword arguments are `DepthForgeConfig` fields (e.g. `num_labels`, `id2label`).
         """
-        vfm, vfm_info = AutoBackbone.from_pretrained(vfm_name_or_path, output_loading_info=True)
+        # Dinov2Backbone directly: AutoBackbone.from_pretrained asks the Hub whether the name exists, even for a
+        # local folder.
+        vfm, vfm_info = Dinov2Backbone.from_pretrained(vfm_name_or_path, output_loading_info=True)
         depth_model, depth_info = AutoModelForDepthEstimation.from_pretrained(
             depth_name_or_path, output_loading_info=True
         )
