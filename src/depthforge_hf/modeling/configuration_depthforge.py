@@ -71,6 +71,34 @@ def default_pyramid_indices(num_layers: int) -> list[int]:
     return indices
 
 
+INFERENCE_MODES = ("slide", "whole")
+
+
+def pair(value, name: str) -> tuple[int, int]:
+    """An int or a 1/2-element sequence as `(height, width)`."""
+    values = [value] if isinstance(value, int) else list(value)
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{name} must be an int or [height, width] ints, got {value!r}.")
+    return values[0], values[1]
+
+
+def check_inference_settings(mode: str, window_size, stride, window_batch_size: int) -> None:
+    """Raise a clear `ValueError` for inference settings the sliding-window protocol cannot run."""
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"inference_mode must be one of {INFERENCE_MODES}, got {mode!r}.")
+    window, step = pair(window_size, "inference_window_size"), pair(stride, "inference_stride")
+    if min(window) < 1 or min(step) < 1:
+        raise ValueError(f"Window size {window} and stride {step} must be positive.")
+    if step[0] > window[0] or step[1] > window[1]:
+        raise ValueError(
+            f"The stride {step} must not exceed the window {window}: pixels between windows would get no prediction."
+        )
+    if isinstance(window_batch_size, bool) or not isinstance(window_batch_size, int) or window_batch_size < 1:
+        raise ValueError(f"inference_window_batch_size must be a positive int, got {window_batch_size!r}.")
+
+
 @strict
 class DepthForgeConfig(PreTrainedConfig):
     r"""
@@ -118,6 +146,16 @@ class DepthForgeConfig(PreTrainedConfig):
         train_num_points (`int`, defaults to 12544), oversample_ratio (`float`, 3.0), importance_sample_ratio
             (`float`, 0.75): point sampling of the mask losses.
         ignore_index (`int`, defaults to 255): label value that is ignored by the loss and the metrics.
+        inference_mode (`str`, defaults to `"slide"`):
+            How the eval-mode forward computes `logits` (official `test_cfg`): `"slide"` runs overlapping windows of
+            `inference_window_size` with `inference_stride` and averages the logits where windows overlap, and is used
+            only when the input is larger than one window (a single window covering the image *is* whole-image
+            inference); `"whole"` runs the full image at once. Overridable per call (`forward(inference_mode=...)`).
+        inference_window_size (`int` or `[height, width]`, defaults to 512): sliding-window crop (official 512).
+        inference_stride (`int` or `[height, width]`, defaults to 341): sliding-window stride (official 341); must
+            not exceed the window, or some pixels would be covered by no window.
+        inference_window_batch_size (`int`, defaults to 4): windows run through the network per forward pass in
+            slide mode (windows of all images in the batch are pooled); memory grows linearly with it.
     """
 
     model_type = "depthforge"
@@ -156,6 +194,10 @@ class DepthForgeConfig(PreTrainedConfig):
     importance_sample_ratio: float = 0.75
     ignore_index: int = 255
     initializer_range: float = 0.02
+    inference_mode: str = "slide"
+    inference_window_size: int | list[int] | tuple[int, ...] = 512
+    inference_stride: int | list[int] | tuple[int, ...] = 341
+    inference_window_batch_size: int = 4
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and kwargs.get("num_labels") is None:
@@ -175,6 +217,17 @@ class DepthForgeConfig(PreTrainedConfig):
     @property
     def num_queries(self) -> int:
         return self.num_tokens
+
+    def sliding_window(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """`(window_height, window_width), (stride_height, stride_width)` of slide inference."""
+        window = pair(self.inference_window_size, "inference_window_size")
+        return window, pair(self.inference_stride, "inference_stride")
+
+    def validate_inference(self):
+        """Checked at construction (through `@strict`): the inference settings."""
+        check_inference_settings(
+            self.inference_mode, self.inference_window_size, self.inference_stride, self.inference_window_batch_size
+        )
 
     def validate_architecture(self):
         """Checked at construction (through `@strict`): every field that changes shapes, with the allowed values."""
@@ -272,4 +325,4 @@ class DepthForgeConfig(PreTrainedConfig):
             )
 
 
-__all__ = ["DepthForgeConfig", "CITYSCAPES_ID2LABEL", "default_pyramid_indices"]
+__all__ = ["DepthForgeConfig", "CITYSCAPES_ID2LABEL", "INFERENCE_MODES", "default_pyramid_indices"]

@@ -26,7 +26,7 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 from transformers.utils import ModelOutput
 
-from .configuration_depthforge import DepthForgeConfig
+from .configuration_depthforge import DepthForgeConfig, check_inference_settings, pair
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Patch-size and position-table conversion (official `tools/convert_models/convert_dinov2_depth.py` semantics)
@@ -76,6 +76,21 @@ def interpolate_position_table(
         )
     patch_entries = patch_entries.permute(0, 2, 3, 1).reshape(1, grid_height * grid_width, -1)
     return torch.cat([table[:, :1].float(), patch_entries], dim=1).to(table.dtype)
+
+
+def pad_to_patch(pixel_values: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad (bottom/right) an input smaller than two patches to two patches; returns it and the original size.
+
+    The official test pipeline never pads, but the network needs a patch grid of at least 2 x 2 (the stride-32
+    pyramid level halves the stride-16 grid). Zero in normalised space is the mean colour, the value the official
+    data preprocessor pads with.
+    """
+    height, width = pixel_values.shape[-2:]
+    minimum = 2 * patch_size
+    pad_height, pad_width = max(minimum - height, 0), max(minimum - width, 0)
+    if pad_height or pad_width:
+        pixel_values = F.pad(pixel_values, (0, pad_width, 0, pad_height), value=0.0)
+    return pixel_values, (height, width)
 
 
 def embed_image(embeddings: nn.Module, pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -366,7 +381,8 @@ class DepthForgeSemanticSegmenterOutput(ModelOutput):
     logits (`torch.Tensor` of shape `(batch_size, num_labels, height, width)`, *optional*):
         Semantic scores at the input resolution: sum over queries of softmax(class)[:num_labels] x sigmoid(mask), the
         mask logits resized bilinearly to the input size first (the official inference). Computed in eval mode or with
-        `return_logits=True`.
+        `return_logits=True`. In slide mode (eval, no labels, input larger than `config.inference_window_size`) they
+        are the window logits averaged where windows overlap (float32), and every other field is `None`.
     class_queries_logits (`torch.Tensor` of shape `(batch_size, num_queries, num_labels + 1)`):
         Class logits of the last decoder prediction; the last column is "no object".
     masks_queries_logits (`torch.Tensor` of shape `(batch_size, num_queries, height / 4, width / 4)`):
@@ -407,6 +423,18 @@ class DepthForgePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; when the classes are registered for the Auto classes (importing
+        `depthforge_hf` does that), the code files are copied next to the weights and `config.auto_map` names
+        `AutoModel` too (transformers adds only the saved class's own Auto class), so that
+        `AutoModel`/`AutoModelForSemanticSegmentation.from_pretrained(dir, trust_remote_code=True)` work without
+        this package."""
+        if type(self)._auto_class is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map["AutoModel"] = f"{DepthForgeModel.__module__.split('.')[-1]}.{DepthForgeModel.__name__}"
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -751,6 +779,10 @@ class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_logits: bool | None = None,
+        inference_mode: str | None = None,
+        window_size: int | tuple[int, int] | None = None,
+        window_stride: int | tuple[int, int] | None = None,
+        window_batch_size: int | None = None,
         **kwargs,
     ) -> DepthForgeSemanticSegmenterOutput:
         r"""
@@ -761,7 +793,116 @@ class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
         return_logits (`bool`, *optional*):
             Compute the full-resolution semantic `logits`. Defaults to `not self.training` (training needs only the
             query outputs, and the full-resolution maps are large).
+        inference_mode (`str`, *optional*), window_size, window_stride, window_batch_size (*optional*):
+            Override `config.inference_mode` / `inference_window_size` / `inference_stride` /
+            `inference_window_batch_size` for this call. They apply to eval-mode calls without `labels` (see
+            `predict_logits`); other calls always run the whole image.
         """
+        return_logits = (not self.training) if return_logits is None else return_logits
+        if labels is None and return_logits and not self.training:
+            mode, window, stride, batch = self._inference_settings(
+                inference_mode, window_size, window_stride, window_batch_size
+            )
+            height, width = pixel_values.shape[-2:]
+            if mode == "slide" and (height > window[0] or width > window[1]):
+                # Per-window query outputs have no whole-image meaning: only `logits` is returned.
+                logits = self.slide_logits(pixel_values, window, stride, batch)
+                return DepthForgeSemanticSegmenterOutput(logits=logits)
+            if height < 2 * self.config.patch_size or width < 2 * self.config.patch_size:
+                padded, (height, width) = pad_to_patch(pixel_values, self.config.patch_size)
+                outputs = self._segment(padded, None, output_hidden_states, True)
+                outputs.logits = outputs.logits[..., :height, :width]
+                return outputs
+        return self._segment(pixel_values, labels, output_hidden_states, return_logits)
+
+    def _inference_settings(self, mode, window_size, stride, window_batch_size):
+        config = self.config
+        mode = config.inference_mode if mode is None else mode
+        window_size = config.inference_window_size if window_size is None else window_size
+        stride = config.inference_stride if stride is None else stride
+        window_batch_size = config.inference_window_batch_size if window_batch_size is None else window_batch_size
+        check_inference_settings(mode, window_size, stride, window_batch_size)
+        return mode, pair(window_size, "window_size"), pair(stride, "window_stride"), window_batch_size
+
+    @torch.no_grad()
+    def predict_logits(
+        self,
+        pixel_values: torch.Tensor,
+        inference_mode: str | None = None,
+        window_size: int | tuple[int, int] | None = None,
+        window_stride: int | tuple[int, int] | None = None,
+        window_batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Semantic scores (B, num_labels, H, W) at the input size by the official test protocol (call it on an
+        eval-mode model): `"slide"` (overlapping windows, logits averaged where they overlap; a single window when
+        the image fits in one) or `"whole"`. Inputs smaller than two patches (the smallest grid the pyramid takes)
+        are zero-padded (the normalised mean colour, the official padding value) at the bottom/right and the logits
+        cropped back. The eval-mode
+        `forward` without labels computes the same `logits`."""
+        mode, window, stride, batch = self._inference_settings(
+            inference_mode, window_size, window_stride, window_batch_size
+        )
+        height, width = pixel_values.shape[-2:]
+        if mode == "slide" and (height > window[0] or width > window[1]):
+            return self.slide_logits(pixel_values, window, stride, batch)
+        return self._window_logits(pixel_values)
+
+    def _window_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Whole-input logits, padding inputs smaller than two patches and cropping the logits back."""
+        height, width = pixel_values.shape[-2:]
+        padded, _ = pad_to_patch(pixel_values, self.config.patch_size)
+        return self._segment(padded, None, False, True).logits[..., :height, :width]
+
+    @staticmethod
+    def window_boxes(
+        height: int, width: int, window: tuple[int, int], stride: tuple[int, int]
+    ) -> list[tuple[int, int, int, int]]:
+        """Windows `(y1, y2, x1, x2)` of mmseg's `slide_inference`: `max(ceil((H - h) / s), 0) + 1` rows (the same for
+        columns), each window clipped to end at the border and shifted back to full size where the image allows."""
+        (window_height, window_width), (stride_height, stride_width) = window, stride
+        rows = max(height - window_height + stride_height - 1, 0) // stride_height + 1
+        columns = max(width - window_width + stride_width - 1, 0) // stride_width + 1
+        boxes = []
+        for row in range(rows):
+            for column in range(columns):
+                y2 = min(row * stride_height + window_height, height)
+                x2 = min(column * stride_width + window_width, width)
+                boxes.append((max(y2 - window_height, 0), y2, max(x2 - window_width, 0), x2))
+        return boxes
+
+    def slide_logits(
+        self,
+        pixel_values: torch.Tensor,
+        window: tuple[int, int],
+        stride: tuple[int, int],
+        window_batch_size: int,
+    ) -> torch.Tensor:
+        """Official slide inference: logits of every window (computed at the window size, as mmseg rewrites
+        `img_shape` per crop) summed into a float32 canvas and divided by the per-pixel window count. The windows of
+        all images are pooled and run `window_batch_size` at a time; every window of an image has the same size."""
+        batch_size, _, height, width = pixel_values.shape
+        boxes = self.window_boxes(height, width, window, stride)
+        logits = pixel_values.new_zeros((batch_size, self.config.num_labels, height, width), dtype=torch.float32)
+        count = pixel_values.new_zeros((1, 1, height, width), dtype=torch.float32)
+        for y1, y2, x1, x2 in boxes:
+            count[..., y1:y2, x1:x2] += 1
+        jobs = [(image, box) for box in boxes for image in range(batch_size)]
+        for start in range(0, len(jobs), window_batch_size):
+            chunk = jobs[start : start + window_batch_size]
+            crops = torch.stack([pixel_values[image, :, y1:y2, x1:x2] for image, (y1, y2, x1, x2) in chunk])
+            crop_logits = self._window_logits(crops).float()
+            for crop, (image, (y1, y2, x1, x2)) in zip(crop_logits, chunk, strict=True):
+                logits[image, :, y1:y2, x1:x2] += crop
+        return logits / count
+
+    def _segment(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None,
+        output_hidden_states: bool | None,
+        return_logits: bool,
+    ) -> DepthForgeSemanticSegmenterOutput:
+        """One network pass over the whole input (the original forward)."""
         backbone = self.depthforge(pixel_values, output_hidden_states=output_hidden_states)
         features = list(backbone.feature_maps)
         if self.refinement is not None:
@@ -775,7 +916,6 @@ class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
         if labels is not None:
             loss, loss_dict = self.compute_loss(class_logits, mask_logits, labels)
 
-        return_logits = (not self.training) if return_logits is None else return_logits
         logits = None
         if return_logits:
             logits = self.semantic_logits(class_logits[-1], mask_logits[-1], tuple(pixel_values.shape[-2:]))
@@ -806,4 +946,5 @@ __all__ = [
     "resize_patch_embedding_kernel",
     "resize_position_table",
     "interpolate_position_table",
+    "pad_to_patch",
 ]
