@@ -60,7 +60,7 @@ def test_onecycle_schedule_matches_the_official_values():
 def test_interrupted_checkpoint_write_leaves_previous_checkpoints_intact(tmp_path):
     model = DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs()))
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-4)
-    scheduler = build_scheduler(optimizer, TrainingConfig(max_steps=10))
+    scheduler = build_scheduler(optimizer, TrainingConfig(max_steps=100))
     save_checkpoint(str(tmp_path), 2, model, optimizer, scheduler, {"epoch": 0, "batches_done": 2}, keep_last=2)
     # a crash while writing step 4 leaves only a staging folder without completion marker
     os.makedirs(tmp_path / ".tmp-checkpoint-4-123")
@@ -75,7 +75,7 @@ def run_config(tmp_path, model_dir, **overrides) -> TrainingConfig:
     values = dict(
         model=model_dir, output_dir=str(tmp_path / "run"), max_steps=6, batch_size=2, crop_size=64,
         learning_rate=1e-3, save_every=3, keep_last=5, log_every=1, synthetic_train_samples=16,
-        synthetic_eval_samples=2, eval_every=0, seed=7,
+        synthetic_eval_samples=2, eval_every=0, seed=7, schedule="poly", warmup_ratio=0.34,
     )
     values.update(overrides)
     return TrainingConfig(**values)

@@ -52,15 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=run_demo)
 
-    from . import training
+    from . import segment, training
+    from .data import prepare
 
     train = commands.add_parser("train", help="train (with no data arguments: the offline synthetic demo)")
     training.add_arguments(train)
     train.set_defaults(handler=training.run)
+
+    segmenter = commands.add_parser("segment", help="segment images, folders or videos with a saved model")
+    segment.add_arguments(segmenter)
+    segmenter.set_defaults(handler=segment.run)
+
+    prepare_data = commands.add_parser(
+        "prepare-data", help="convert benchmark folders (or your own) into streaming parquet shards", add_help=False
+    )
+    # The data preparation parser has one sub-command per dataset layout: hand it everything that follows.
+    prepare_data.add_argument("arguments", nargs=argparse.REMAINDER)
+    prepare_data.set_defaults(handler=lambda args: prepare.main(args.arguments))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["prepare-data"]:  # argparse's REMAINDER would not pass a leading --help through
+        from .data import prepare
+
+        return prepare.main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

@@ -111,6 +111,11 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_scheduler(optimizer, config: TrainingConfig) -> torch.optim.lr_scheduler.LRScheduler:
     total = config.max_steps
     if config.schedule == "onecycle":
+        if config.warmup_ratio * total < 2:
+            raise ValueError(
+                f"OneCycle needs a warm-up of at least 2 steps, got warmup_ratio * max_steps = "
+                f"{config.warmup_ratio * total:g}; raise --max-steps or --warmup-ratio, or use --schedule poly."
+            )
         # MMEngine OneCycleLR as configured officially: div 10, final_div 10, cosine, two phases.
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.learning_rate, total_steps=total, pct_start=config.warmup_ratio,
