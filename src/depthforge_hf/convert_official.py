@@ -1042,10 +1042,24 @@ def load_official_state_dict(
     return report
 
 
-def _build_model(config: DepthForgeConfig, seed: int) -> DepthForgeForSemanticSegmentation:
+def _checkpoint_dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The floating dtype of a checkpoint (of most of its elements): the converted model keeps it, so that nothing is
+    rounded on the way (official checkpoints are float32)."""
+    counts: dict[torch.dtype, int] = {}
+    for tensor in state.values():
+        if tensor.is_floating_point():
+            counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
+
+
+def _build_model(
+    config: DepthForgeConfig, seed: int, state: dict[str, torch.Tensor], report: ConversionReport
+) -> DepthForgeForSemanticSegmentation:
     # Fresh tensors (Rein's missing refinement decoder, a new head) get the official initialisation, reproducibly.
     torch.manual_seed(seed)
-    return DepthForgeForSemanticSegmentation(config).eval()
+    dtype = _checkpoint_dtype(state)
+    report.sources["dtype"] = (str(dtype).removeprefix("torch."), "checkpoint tensors")
+    return DepthForgeForSemanticSegmentation(config).to(dtype).eval()
 
 
 def convert_official_checkpoint(
@@ -1060,7 +1074,7 @@ def convert_official_checkpoint(
     if is_rein_checkpoint(official_state):
         raise CheckpointConversionError("This is a Rein checkpoint (`backbone.reins.*`): use convert_rein_checkpoint.")
     config = infer_config(official_state, model_config, report=report, **overrides)
-    model = _build_model(config, seed)
+    model = _build_model(config, seed, official_state, report)
     load_official_state_dict(model, official_state, report=report)
     return model, report
 
@@ -1080,7 +1094,7 @@ def convert_rein_checkpoint(
     if any(key.startswith("decode_head.DQCM.") for key in state):
         raise CheckpointConversionError("A Rein checkpoint with DQCM tensors: convert it as a DepthForge checkpoint.")
     config = infer_config(state, model_config, report=report, use_depth_refinement=use_depth_refinement, **overrides)
-    model = _build_model(config, seed)
+    model = _build_model(config, seed, state, report)
     load_official_state_dict(model, state, fresh_prefixes=("refinement.",), report=report)
     report.notes.append(
         "Rein checkpoint: `backbone.reins.*` loaded as the DepthForge tokens. Rein's token attention has no depth "
@@ -1106,7 +1120,7 @@ def convert_backbone_only(
     report = report if report is not None else ConversionReport()
     state = {"backbone." + key: value for key, value in backbone_state.items()}
     config = infer_config(state, model_config, report=report, **overrides)
-    model = _build_model(config, seed)
+    model = _build_model(config, seed, state, report)
     load_official_state_dict(
         model,
         state,
