@@ -399,3 +399,80 @@ def test_safetensors_and_pth_round_trip(official, tmp_path):
         assert set(loaded) == set(state) and all(torch.equal(loaded[key], state[key]) for key in state)
     save_file({"module." + key: value.contiguous() for key, value in state.items()}, tmp_path / "ddp.safetensors")
     assert set(load_checkpoint_file(tmp_path / "ddp.safetensors")) == set(state)
+
+
+def test_rein_checkpoint_gets_a_fresh_refinement_decoder(fixture_dir, official, converted, tmp_path, capsys):
+    """A Rein-style trained checkpoint (`backbone.reins.*` + a head without DQCM) with Rein's DINOv2-only backbone
+    file and the original patch-14 Depth Anything V2 file: everything but the refinement decoder loads (the depth
+    encoder converted on the fly equals the official converter's output bit for bit), and the 8 refinement tensors
+    are freshly initialised and reported."""
+    state = official["state"]
+    trained = {
+        key.replace("backbone.depthforge.", "backbone.reins."): value
+        for key, value in state.items()
+        if key.startswith("backbone.depthforge.") or (key.startswith("decode_head.") and ".DQCM." not in key)
+    }
+    backbone = {
+        key[len("backbone.") :]: value
+        for key, value in state.items()
+        if key.startswith("backbone.") and not key.startswith(("backbone.depthforge.", "backbone.depth_anything."))
+    }
+    save_checkpoint_file(trained, tmp_path / "rein_and_head.pth")
+    save_checkpoint_file(backbone, tmp_path / "dinov2_converted.pth")
+    depth_anything = fixture_dir / "conversion" / "original_depth_anything_v2_p14.safetensors"
+    args = ["checkpoint", str(tmp_path / "rein_and_head.pth"), "--backbone", str(tmp_path / "dinov2_converted.pth"),
+            "--depth-anything", str(depth_anything), "--official-config", str(fixture_dir / "config.json")]  # fmt: skip
+    assert main([*args, "--output", str(tmp_path / "rein")]) == 0
+    printed = capsys.readouterr().out
+    assert "Freshly initialised 8 tensor(s)" in printed and "refinement." in printed and "Rein checkpoint" in printed
+
+    model, _ = converted
+    reloaded = DepthForgeForSemanticSegmentation.from_pretrained(tmp_path / "rein")
+    ours = reloaded.state_dict()
+    fresh = sorted(key for key in model.state_dict() if key.startswith("refinement."))
+    assert len(fresh) == 8
+    for key, tensor in model.state_dict().items():
+        if key in fresh:
+            assert not torch.equal(ours[key], tensor), key
+        else:
+            assert torch.equal(ours[key], tensor), key
+    report = json.loads((tmp_path / "rein" / "conversion_report.json").read_text())
+    assert sorted(report["freshly_initialised"]) == fresh
+
+    # Without the refinement decoder nothing is new.
+    assert main([*args, "--no-depth-refinement", "--output", str(tmp_path / "rein-plain")]) == 0
+    plain = DepthForgeForSemanticSegmentation.from_pretrained(tmp_path / "rein-plain")
+    assert plain.refinement is None and not plain.config.use_depth_refinement
+    assert json.loads((tmp_path / "rein-plain" / "conversion_report.json").read_text())["freshly_initialised"] == []
+
+
+def test_pretrain_files_to_a_fresh_model(fixture_dir, official, converted, tmp_path, capsys):
+    """Original patch-14 files -> a DepthForge directory: both ViTs converted and loaded (equal to the fixture's
+    backbone), tokens and head fresh and reported; the architecture comes from the official config."""
+    conversion = fixture_dir / "conversion"
+    assert main([
+        "pretrain",
+        "--dinov2", str(conversion / "original_dinov2_p14.safetensors"),
+        "--depth-anything", str(conversion / "original_depth_anything_v2_p14.safetensors"),
+        "--height", "128", "--width", "128",
+        "--official-config", str(fixture_dir / "config.json"),
+        "--output", str(tmp_path / "fresh"),
+    ]) == 0  # fmt: skip
+    assert "Freshly initialised" in capsys.readouterr().out
+    model, _ = converted
+    fresh_model = DepthForgeForSemanticSegmentation.from_pretrained(tmp_path / "fresh")
+    for name in ("num_tokens", "token_rank", "out_indices", "feature_size", "encoder_layers", "decoder_layers",
+                 "num_attention_heads", "group_norm_groups", "num_labels", "refinement_reduction"):  # fmt: skip
+        assert getattr(fresh_model.config, name) == getattr(model.config, name), name
+    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size", "mlp_ratio"):
+        assert getattr(fresh_model.config.vfm_config, name) == getattr(model.config.vfm_config, name), name
+    report = json.loads((tmp_path / "fresh" / "conversion_report.json").read_text())
+    fresh = set(report["freshly_initialised"])
+    for key, tensor in model.state_dict().items():
+        if key.startswith("depthforge.vfm.") or key.startswith("depthforge.depth_encoder."):
+            assert torch.equal(fresh_model.state_dict()[key], tensor), key
+            assert key not in fresh
+        elif key != "criterion.empty_weight":
+            assert key in fresh, key
+    # The frozen parts stay frozen after from_pretrained.
+    assert not any(p.requires_grad for p in fresh_model.depthforge.vfm.parameters())
