@@ -367,6 +367,7 @@ def test_literal_subset_and_guards(tmp_path):
             g = c[-1] if a > 4 else None
             h = f"crop{a}"
             huge = [0] * 10**9
+            long = list(range(10**10))
             lam = lambda x: x
             attr = dict(k=open("/etc/passwd").read())
             """
@@ -378,9 +379,10 @@ def test_literal_subset_and_guards(tmp_path):
     assert config["e"] == {"k": 2, "x": 1, "y": 10, "z": [2, 3, 4]}
     assert config["f"] == [1, 3] and config["g"] == 3 and config["h"] == "crop5"
     assert type(config["huge"]).__name__ == "Unresolved"
+    assert type(config["long"]).__name__ == "Unresolved"
     assert type(config["lam"]).__name__ == "Unresolved"
     assert type(config["attr"]["k"]).__name__ == "Unresolved"  # the dict survives, the call is not made
-    assert len(unresolved) == 3
+    assert len(unresolved) == 4
 
 
 def test_convert_with_the_python_config(config_tree, tmp_path):

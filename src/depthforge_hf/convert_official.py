@@ -976,12 +976,9 @@ def _inference_settings(setting: _Settings, fields: dict[str, Any], report: Conv
 def _check_preprocessing(setting: _Settings, report: ConversionReport):
     mean = setting.config_value("data_preprocessor.mean")
     std = setting.config_value("data_preprocessor.std")
-    if (
-        mean is not None
-        and [float(v) for v in mean] != IMAGENET_MEAN
-        or std is not None
-        and [float(v) for v in std] != IMAGENET_STD
-    ):
+    mean_differs = mean is not None and [float(v) for v in mean] != IMAGENET_MEAN
+    std_differs = std is not None and [float(v) for v in std] != IMAGENET_STD
+    if mean_differs or std_differs:
         report.notes.append(
             f"the official data_preprocessor normalises with mean {mean} / std {std}, not the ImageNet statistics "
             "the DepthForge image processor uses by default: set them on the image processor."

@@ -317,7 +317,9 @@ class _Evaluator:
             if not all(self._is_resolved(value) for value in (*args, *kwargs.values())):
                 return self._unresolved(node, "call with unresolved arguments")
             result = _SAFE_CALLS[name](*args, **kwargs)
-            return self._check_size(list(result) if isinstance(result, range) else result)
+            if isinstance(result, range):  # sized before it is materialised
+                result = list(self._check_size(result))
+            return self._check_size(result)
         return self._unresolved(node, f"call of {name}() is not evaluated")
 
     def _binary(self, node: ast.BinOp, scope: dict[str, Any] | None = None) -> Any:
