@@ -140,7 +140,7 @@ def randomize_(model: torch.nn.Module, seed: int):
                 fan_in = parameter[0].numel()
                 gain = 4.0 if "class_predictor" in name else 1.0
                 parameter.copy_(gain * normal / math.sqrt(fan_in))
-            elif "norm" in name and name.endswith("weight") or name.endswith(("1.weight",)) and parameter.ndim == 1:
+            elif parameter.ndim == 1 and name.endswith("weight"):  # LayerNorm / GroupNorm scales
                 parameter.copy_(1 + 0.1 * normal)
             else:
                 parameter.copy_(0.05 * normal)
