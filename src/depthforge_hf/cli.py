@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=run_demo)
 
-    from . import segment, training
+    from . import convert_official, segment, training
     from .data import prepare
 
     train = commands.add_parser("train", help="train (with no data arguments: the offline synthetic demo)")
@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     segmenter = commands.add_parser("segment", help="segment images, folders or videos with a saved model")
     segment.add_arguments(segmenter)
     segmenter.set_defaults(handler=segment.run)
+
+    converter = commands.add_parser("convert-official", help="convert official DepthForge / Rein / pretrain files")
+    convert_official.add_arguments(converter)
+    converter.set_defaults(handler=convert_official.run)
 
     prepare_data = commands.add_parser(
         "prepare-data", help="convert benchmark folders (or your own) into streaming parquet shards", add_help=False
