@@ -98,3 +98,56 @@ def test_killed_and_resumed_run_reaches_the_same_weights_bitwise(tmp_path):
     # the saved model directory loads and is the trained model
     loaded = DepthForgeForSemanticSegmentation.from_pretrained(full["model_dir"])
     assert torch.equal(loaded.depthforge.tokens.learnable_tokens_a, a["depthforge.tokens.learnable_tokens_a"])
+
+
+def test_real_weights_path_trains_from_local_pretrained_parts(tmp_path):
+    """The `--vfm/--depth` path (from_pretrained_backbones) on tiny DINOv2 / Depth Anything folders, offline."""
+    from test_modeling import save_pretrained_parts
+
+    save_pretrained_parts(tmp_path)
+    config = run_config(
+        tmp_path, "demo", vfm=str(tmp_path / "dinov2"), depth=str(tmp_path / "depth"), max_steps=2, save_every=0
+    )
+    summary = train(config)
+    assert summary["step"] == 2
+    loaded = DepthForgeForSemanticSegmentation.from_pretrained(summary["model_dir"])
+    assert loaded.config.vfm_config.patch_size == 16 and loaded.config.vfm_config.image_size == 64
+    # the pretrained patch-14 ViT was converted, not replaced by random weights
+    source = load_file(str(tmp_path / "dinov2" / "model.safetensors"))
+    key = next(k for k in source if k.endswith("layer.0.norm1.weight"))
+    assert torch.equal(loaded.depthforge.vfm.encoder.layer[0].norm1.weight, source[key])
+    from transformers import pipeline
+
+    segments = pipeline("image-segmentation", model=summary["model_dir"])(
+        __import__("PIL.Image", fromlist=["Image"]).new("RGB", (80, 48))
+    )
+    assert segments and all(s["mask"].size == (80, 48) for s in segments)
+
+
+def test_two_cpu_processes_train_on_different_data(tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): disjoint data, finite losses, identical replicas, loadable model."""
+    import socket
+    import subprocess
+    import sys
+
+    model_dir = tiny_model(tmp_path)
+    output_dir = tmp_path / "run"
+    with socket.socket() as probe:  # a free port for the process group
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        os.path.join(os.path.dirname(__file__), "two_process_worker.py"), str(output_dir), model_dir,
+    ]
+    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    seen = [set((output_dir / f"seen-{rank}.txt").read_text().split()) for rank in (0, 1)]
+    assert len(seen[0]) >= 6 and len(seen[1]) >= 6 and not (seen[0] & seen[1])
+    losses = [[float(x) for x in (output_dir / f"losses-{rank}.txt").read_text().split()] for rank in (0, 1)]
+    assert len(losses[0]) == 3 and all(torch.isfinite(torch.tensor(losses[0] + losses[1])))
+    assert losses[0] == losses[1]  # the logged loss is the mean over processes
+    assert (output_dir / "weights-0.txt").read_text() == (output_dir / "weights-1.txt").read_text()
+    loaded = DepthForgeForSemanticSegmentation.from_pretrained(output_dir / "model")
+    assert loaded.config.num_labels == 19

@@ -59,6 +59,7 @@ class TrainingConfig:
     mixed_precision: str = "no"  # "no", "bf16", "fp16" (with loss scaling)
     gradient_checkpointing: bool = False
     compile: bool = False
+    cpu: bool = False  # train on the CPU even when an accelerator is present
     # bookkeeping
     seed: int = 4307
     save_every: int = 4000
@@ -330,7 +331,7 @@ def evaluate(model, eval_sets: dict, accelerator: Accelerator, config: TrainingC
                 logits = unwrapped(pixel_values).logits
             logits = nn.functional.interpolate(logits.float(), size=label.shape, mode="bilinear", align_corners=False)
             prediction = logits.argmax(dim=1)[0]
-            matrix += confusion_matrix(prediction, torch.from_numpy(label).to(device), num_labels, ignore_index)
+            matrix += confusion_matrix(prediction, torch.from_numpy(np.array(label)).to(device), num_labels, ignore_index)
         matrix = accelerator.reduce(matrix, reduction="sum")
         names = [unwrapped.config.id2label[i] for i in range(num_labels)]
         results[domain] = {**scores_from_confusion(matrix.cpu()).as_dict(names), "confusion": matrix.cpu().tolist()}
@@ -380,6 +381,9 @@ def train(config: TrainingConfig) -> dict:
     if not os.access(config.output_dir, os.W_OK):
         raise PermissionError(f"Output directory {config.output_dir} is not writable; choose another --output-dir.")
     accelerator = Accelerator(
+        # Without `cpu=True`, accelerate leaves processes launched on a machine with no accelerator unconnected (each
+        # one trains alone on the full data), so CPU-only machines always ask for its multi-CPU (gloo) mode.
+        cpu=config.cpu or not torch.accelerator.is_available(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         # Each process reads its own shards of the stream (no dispatching from rank 0, no double sharding).
@@ -449,7 +453,8 @@ def train(config: TrainingConfig) -> dict:
             progress.update(1)
             if step % config.log_every == 0 or step == config.max_steps:
                 elapsed = time.perf_counter() - started
-                record = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                # the mean over processes (one collective every `log_every` steps, not every step)
+                record = {"step": step, "loss": accelerator.reduce(loss.detach(), reduction="mean").item(), "lr": scheduler.get_last_lr()[0],
                           "images_per_second": images_seen / max(elapsed, 1e-9)}
                 history.append(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
@@ -479,7 +484,8 @@ def train(config: TrainingConfig) -> dict:
         accelerator.end_training()
         return {"step": step, "history": history, "checkpoint": list_checkpoints(config.output_dir)[-1]}
     results = evaluate(model, eval_sets, accelerator, config) if eval_sets else {}
-    summary = {"step": step, "evaluation": results, "history": history, "skipped_nonfinite": skipped_nonfinite}
+    summary = {"step": step, "evaluation": results, "history": history, "skipped_nonfinite": skipped_nonfinite,
+               "model": accelerator.unwrap_model(model)}
     if accelerator.is_main_process:
         summary.update(export_run(accelerator.unwrap_model(model), config, results, history, eval_sets))
     accelerator.end_training()
@@ -508,8 +514,12 @@ def results_table(results: dict, baseline: dict | None = None) -> str:
 
 def export_run(model, config: TrainingConfig, results: dict, history: list[dict], eval_sets: dict) -> dict:
     """Model directory, evaluation report, training curve and a prediction overlay."""
+    from .modeling.image_processing_depthforge import DepthForgeImageProcessor
+
     model_dir = os.path.join(config.output_dir, "model")
     model.save_pretrained(model_dir)
+    # with the processor, the folder loads in pipeline("image-segmentation")
+    DepthForgeImageProcessor().save_pretrained(model_dir)
     paths = {"model_dir": model_dir}
     if results:
         baseline = None
