@@ -296,6 +296,10 @@ def test_from_pretrained_backbones_converts_patch14_weights_and_loads_strictly(t
     assert all(not p.requires_grad for p in vfm.parameters())
     out = model.eval()(torch.randn(1, 3, 64, 64))
     assert out.logits.shape == (1, 19, 64, 64)
+    # the base models are recorded (model cards and adapter files name them)
+    assert model.config.vfm_pretrained_id == str(tmp_path / "dinov2")
+    assert model.config.depth_pretrained_id == str(tmp_path / "depth")
+    assert model.config.vfm_pretrained_revision is None
 
 
 def test_from_pretrained_backbones_refuses_incomplete_checkpoints(tmp_path):

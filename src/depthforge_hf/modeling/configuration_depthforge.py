@@ -156,6 +156,12 @@ class DepthForgeConfig(PreTrainedConfig):
             not exceed the window, or some pixels would be covered by no window.
         inference_window_batch_size (`int`, defaults to 4): windows run through the network per forward pass in
             slide mode (windows of all images in the batch are pooled); memory grows linearly with it.
+        vfm_pretrained_id, depth_pretrained_id (`str`, *optional*): the Hub id (or local folder) of the pretrained
+            DINOv2 / Depth Anything checkpoints the frozen encoders were loaded from, recorded by
+            `from_pretrained_backbones`; model cards and adapter files name them as the base models. `None` for
+            randomly initialised encoders.
+        vfm_pretrained_revision, depth_pretrained_revision (`str`, *optional*): the revisions (commit or branch) of
+            those checkpoints, when given.
     """
 
     model_type = "depthforge"
@@ -198,6 +204,10 @@ class DepthForgeConfig(PreTrainedConfig):
     inference_window_size: int | list[int] | tuple[int, ...] = 512
     inference_stride: int | list[int] | tuple[int, ...] = 341
     inference_window_batch_size: int = 4
+    vfm_pretrained_id: str | None = None
+    vfm_pretrained_revision: str | None = None
+    depth_pretrained_id: str | None = None
+    depth_pretrained_revision: str | None = None
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and kwargs.get("num_labels") is None:

@@ -678,6 +678,8 @@ class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
         depth_name_or_path: str,
         image_size: int = 512,
         patch_size: int = 16,
+        vfm_revision: str | None = None,
+        depth_revision: str | None = None,
         **config_kwargs,
     ) -> "DepthForgeForSemanticSegmentation":
         """Build a trainable DepthForge from pretrained DINOv2 and Depth Anything (V2) checkpoints.
@@ -686,13 +688,16 @@ class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
         Both ViTs are converted to `patch_size` the way the official converter does (bicubic kernel resize, position
         table resized to the `image_size / patch_size` training grid) and loaded strictly: any frozen weight that
         does not load is an error, never a silently random tensor. Tokens and head are freshly initialised.
-        Further keyword arguments are `DepthForgeConfig` fields (e.g. `num_labels`, `id2label`).
+        Further keyword arguments are `DepthForgeConfig` fields (e.g. `num_labels`, `id2label`). The ids and
+        revisions are recorded in the config (`vfm_pretrained_id`, ...) as the model's base models.
         """
         # Dinov2Backbone directly: AutoBackbone.from_pretrained asks the Hub whether the name exists, even for a
         # local folder.
-        vfm, vfm_info = Dinov2Backbone.from_pretrained(vfm_name_or_path, output_loading_info=True)
+        vfm, vfm_info = Dinov2Backbone.from_pretrained(
+            vfm_name_or_path, revision=vfm_revision, output_loading_info=True
+        )
         depth_model, depth_info = AutoModelForDepthEstimation.from_pretrained(
-            depth_name_or_path, output_loading_info=True
+            depth_name_or_path, revision=depth_revision, output_loading_info=True
         )
         for name, info in ((vfm_name_or_path, vfm_info), (depth_name_or_path, depth_info)):
             if info.get("missing_keys"):
@@ -710,7 +715,14 @@ class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
         depth_config["backbone_config"].update(patch_size=patch_size, image_size=image_size)
         depth_config["patch_size"] = patch_size
         config = DepthForgeConfig(
-            vfm_config=vfm_config, depth_config=depth_config, patch_size=patch_size, **config_kwargs
+            vfm_config=vfm_config,
+            depth_config=depth_config,
+            patch_size=patch_size,
+            vfm_pretrained_id=str(vfm_name_or_path),
+            vfm_pretrained_revision=vfm_revision,
+            depth_pretrained_id=str(depth_name_or_path),
+            depth_pretrained_revision=depth_revision,
+            **config_kwargs,
         )
         model = cls(config)
         grid = image_size // patch_size
