@@ -151,3 +151,47 @@ def test_two_cpu_processes_train_on_different_data(tmp_path):
     assert (output_dir / "weights-0.txt").read_text() == (output_dir / "weights-1.txt").read_text()
     loaded = DepthForgeForSemanticSegmentation.from_pretrained(output_dir / "model")
     assert loaded.config.num_labels == 19
+
+
+def test_periodic_evaluation_keeps_the_best_step_and_logs_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard", reason="TensorBoard logging needs the `tensorboard` package (dev extra)")
+    config = run_config(tmp_path, tiny_model(tmp_path), eval_every=2, save_every=0, report_to="tensorboard")
+    summary = train(config)
+    best = summary["best"]
+    scores = {}
+    # every evaluation is in the TensorBoard event files, per domain and as the mean
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    event_dirs = {os.path.dirname(p) for p in (tmp_path / "run").rglob("events.out.tfevents.*")}
+    assert event_dirs
+    for directory in event_dirs:
+        accumulator = EventAccumulator(str(directory))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            if tag == "eval/mean_mIoU":
+                scores.update({event.step: event.value for event in accumulator.Scalars(tag)})
+            if tag == "train/loss":
+                assert len(accumulator.Scalars(tag)) == 6
+    assert sorted(scores) == [2, 4, 6]
+    # the kept step is the best evaluation (ties keep the earlier one)
+    best_step = max(sorted(scores), key=lambda step: (round(scores[step], 4), -step))
+    assert best["step"] == best_step and best["score"] == pytest.approx(scores[best_step], abs=1e-4)
+    kept = load_file(str(tmp_path / "run" / "best" / "trainable.safetensors"))
+    if best_step != 6:  # an earlier step was better: it is exported as a model too, distinct from the final one
+        loaded = DepthForgeForSemanticSegmentation.from_pretrained(summary["best_model_dir"])
+        final = DepthForgeForSemanticSegmentation.from_pretrained(summary["model_dir"])
+        assert torch.equal(loaded.depthforge.tokens.learnable_tokens_a, kept["depthforge.tokens.learnable_tokens_a"])
+        assert not torch.equal(final.depthforge.tokens.learnable_tokens_a, kept["depthforge.tokens.learnable_tokens_a"])
+    else:
+        assert "best_model_dir" not in summary
+
+
+def test_trackers_are_chosen_from_report_to():
+    from depthforge_hf.training import resolve_trackers
+
+    assert resolve_trackers("none") == []
+    assert resolve_trackers("tensorboard, wandb") == ["tensorboard", "wandb"]
+    import importlib.util
+
+    installed = importlib.util.find_spec("tensorboard") is not None
+    assert resolve_trackers("auto") == (["tensorboard"] if installed else [])

@@ -65,7 +65,12 @@ class TrainingConfig:
     save_every: int = 4000
     keep_last: int = 3
     eval_every: int = 10_000
+    # the best periodic evaluation (mean mIoU over these domains; empty = all evaluated domains) is kept in `best/`
+    best_metric_domains: list[str] = field(default_factory=list)
     log_every: int = 50
+    # experiment trackers: "auto" = TensorBoard when installed, "none", or a comma list of accelerate trackers
+    # ("tensorboard,wandb,mlflow,trackio,...")
+    report_to: str = "auto"
     num_workers: int = 0
     resume: str | None = None  # "latest" or a checkpoint folder
     stop_after: int | None = None  # end this run after N steps with a checkpoint (time-limited jobs); resume later
@@ -361,6 +366,63 @@ def majority_baseline(eval_sets: dict, train_sets_label_counts: np.ndarray, num_
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def resolve_trackers(report_to: str) -> list[str]:
+    """`--report-to` -> accelerate `log_with` names; "auto" picks TensorBoard when it is installed."""
+    import importlib.util
+
+    if report_to == "auto":
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX") else []
+    if report_to in ("none", ""):
+        return []
+    return [name.strip() for name in report_to.split(",") if name.strip()]
+
+
+def tracker_config(config: TrainingConfig) -> dict:
+    """The run settings as flat scalars (TensorBoard's hparams accept only numbers, strings and booleans)."""
+    flat = {}
+    for key, value in asdict(config).items():
+        flat[key] = value if isinstance(value, int | float | str | bool) else json.dumps(value)
+    return flat
+
+
+def best_score(results: dict, domains: list[str]) -> float:
+    """Mean mIoU over `domains` (all evaluated domains when empty), the criterion of the best checkpoint."""
+    evaluated = [d for d in results if d != "mean_mIoU"]
+    chosen = domains or evaluated
+    unknown = [d for d in chosen if d not in evaluated]
+    if unknown:
+        raise ValueError(f"--best-metric-domains names {unknown}, which are not evaluated (evaluated: {evaluated}).")
+    return float(np.mean([results[d]["mIoU"] for d in chosen]))
+
+
+def save_best(output_dir: str, step: int, model, score: float, results: dict) -> str:
+    """Keep the trainable weights of the best evaluation so far in `best/` (atomic, like the checkpoints)."""
+    final = os.path.join(output_dir, "best")
+    staging = os.path.join(output_dir, f".tmp-best-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    save_file(trainable_state(model), os.path.join(staging, "trainable.safetensors"))
+    evaluation = {d: {k: v for k, v in r.items() if k != "confusion"} if isinstance(r, dict) else r
+                  for d, r in results.items()}
+    write_json(os.path.join(staging, "state.json"), {"step": step, "score": score, "evaluation": evaluation})
+    with open(os.path.join(staging, COMPLETE_MARKER), "w") as handle:
+        handle.write("ok\n")
+    previous = os.path.join(output_dir, f".old-best-{os.getpid()}")
+    if os.path.exists(final):
+        os.replace(final, previous)
+    os.replace(staging, final)
+    shutil.rmtree(previous, ignore_errors=True)
+    return final
+
+
+def read_best(output_dir: str) -> dict | None:
+    path = os.path.join(output_dir, "best")
+    if not os.path.exists(os.path.join(path, COMPLETE_MARKER)):
+        return None
+    with open(os.path.join(path, "state.json")) as handle:
+        return json.load(handle)
+
+
 def resolve_resume(config: TrainingConfig) -> str | None:
     if config.resume is None:
         return None
@@ -380,7 +442,10 @@ def train(config: TrainingConfig) -> dict:
     os.makedirs(config.output_dir, exist_ok=True)
     if not os.access(config.output_dir, os.W_OK):
         raise PermissionError(f"Output directory {config.output_dir} is not writable; choose another --output-dir.")
+    trackers = resolve_trackers(config.report_to)
     accelerator = Accelerator(
+        log_with=trackers or None,
+        project_dir=config.output_dir,
         # Without `cpu=True`, accelerate leaves processes launched on a machine with no accelerator unconnected (each
         # one trains alone on the full data), so CPU-only machines always ask for its multi-CPU (gloo) mode.
         cpu=config.cpu or not torch.accelerator.is_available(),
@@ -414,6 +479,9 @@ def train(config: TrainingConfig) -> dict:
         history, resume_rng = state.get("history", []), state["rng"]
         accelerator.print(f"resumed from {checkpoint} at step {step} (epoch {epoch}, batch {batches_done})")
     eval_sets = evaluation_sets(config)
+    if trackers:
+        accelerator.init_trackers("depthforge", config=tracker_config(config))
+    best = read_best(config.output_dir) if checkpoint is not None else None
 
     start_step = step
     progress = tqdm(total=config.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
@@ -457,6 +525,7 @@ def train(config: TrainingConfig) -> dict:
                 record = {"step": step, "loss": accelerator.reduce(loss.detach(), reduction="mean").item(), "lr": scheduler.get_last_lr()[0],
                           "images_per_second": images_seen / max(elapsed, 1e-9)}
                 history.append(record)
+                accelerator.log({"train/" + key: value for key, value in record.items() if key != "step"}, step=step)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                                      img_s=f"{record['images_per_second']:.1f}")
             if config.save_every and step % config.save_every == 0 and step < config.max_steps:
@@ -467,7 +536,14 @@ def train(config: TrainingConfig) -> dict:
                                     config.keep_last)
             if config.eval_every and step % config.eval_every == 0 and eval_sets and step < config.max_steps:
                 results = evaluate(model, eval_sets, accelerator, config)
-                accelerator.print(f"step {step}: mean mIoU {results['mean_mIoU']:.2f}")
+                score = best_score(results, config.best_metric_domains)
+                accelerator.log(evaluation_scalars(results), step=step)
+                is_best = best is None or score > best["score"]
+                accelerator.print(f"step {step}: mean mIoU {results['mean_mIoU']:.2f}" + (" (best)" if is_best else ""))
+                if is_best:
+                    best = {"step": step, "score": score}
+                    if accelerator.is_main_process:
+                        save_best(config.output_dir, step, accelerator.unwrap_model(model), score, results)
             if step >= config.max_steps or (config.stop_after and step - start_step >= config.stop_after):
                 finished_epoch = False
                 break
@@ -484,10 +560,20 @@ def train(config: TrainingConfig) -> dict:
         accelerator.end_training()
         return {"step": step, "history": history, "checkpoint": list_checkpoints(config.output_dir)[-1]}
     results = evaluate(model, eval_sets, accelerator, config) if eval_sets else {}
+    if results:
+        accelerator.log(evaluation_scalars(results), step=step)
+        score = best_score(results, config.best_metric_domains)
+        if best is not None and score > best["score"]:  # the end beats every periodic evaluation
+            best = {"step": step, "score": score}
+            if accelerator.is_main_process:
+                save_best(config.output_dir, step, accelerator.unwrap_model(model), score, results)
     summary = {"step": step, "evaluation": results, "history": history, "skipped_nonfinite": skipped_nonfinite,
                "model": accelerator.unwrap_model(model)}
+    if best is not None:
+        summary["best"] = best
     if accelerator.is_main_process:
         summary.update(export_run(accelerator.unwrap_model(model), config, results, history, eval_sets))
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
 
@@ -495,6 +581,16 @@ def train(config: TrainingConfig) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 # Outputs of a run
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def evaluation_scalars(results: dict) -> dict:
+    """Tracker scalars of an evaluation: mIoU and aAcc per domain and the mean."""
+    scalars = {"eval/mean_mIoU": results["mean_mIoU"]} if "mean_mIoU" in results else {}
+    for domain, scores in results.items():
+        if isinstance(scores, dict):
+            scalars[f"eval/{domain}/mIoU"] = scores["mIoU"]
+            scalars[f"eval/{domain}/aAcc"] = scores["aAcc"]
+    return scalars
 
 
 def results_table(results: dict, baseline: dict | None = None) -> str:
@@ -514,13 +610,21 @@ def results_table(results: dict, baseline: dict | None = None) -> str:
 
 def export_run(model, config: TrainingConfig, results: dict, history: list[dict], eval_sets: dict) -> dict:
     """Model directory, evaluation report, training curve and a prediction overlay."""
-    from .modeling.image_processing_depthforge import DepthForgeImageProcessor
-
     model_dir = os.path.join(config.output_dir, "model")
-    model.save_pretrained(model_dir)
-    # with the processor, the folder loads in pipeline("image-segmentation")
-    DepthForgeImageProcessor().save_pretrained(model_dir)
+    save_model_dir(model, model_dir)
     paths = {"model_dir": model_dir}
+    best = read_best(config.output_dir)
+    if best is not None and best["step"] != config.max_steps:
+        # the best periodic evaluation as a model too: its trainable weights on the same frozen encoders
+        current = trainable_state(model)
+        parameters = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in load_file(os.path.join(config.output_dir, "best", "trainable.safetensors")).items():
+                parameters[name].copy_(tensor)
+            save_model_dir(model, os.path.join(config.output_dir, "model-best"))
+            for name, tensor in current.items():
+                parameters[name].copy_(tensor)
+        paths["best_model_dir"] = os.path.join(config.output_dir, "model-best")
     if results:
         baseline = None
         if config.train_data is None:
@@ -532,8 +636,7 @@ def export_run(model, config: TrainingConfig, results: dict, history: list[dict]
                 domain_results.pop("confusion", None)
         write_json(os.path.join(config.output_dir, "evaluation.json"), report)
         table = results_table(results, baseline)
-        with open(os.path.join(config.output_dir, "evaluation.md"), "w") as handle:
-            handle.write(table + "\n")
+        write_text(os.path.join(config.output_dir, "evaluation.md"), table + "\n")
         paths["evaluation"] = os.path.join(config.output_dir, "evaluation.json")
         paths["table"] = table
         paths["overlay"] = save_overlay(model, eval_sets, config)
@@ -542,11 +645,31 @@ def export_run(model, config: TrainingConfig, results: dict, history: list[dict]
     return paths
 
 
-def write_json(path: str, document) -> None:
+def save_model_dir(model, path: str) -> None:
+    """`save_pretrained` of model and image processor (so the folder loads in `pipeline("image-segmentation")`),
+    written next to `path` and renamed into place: an interrupted export never leaves a half-written model."""
+    from .modeling.image_processing_depthforge import DepthForgeImageProcessor
+
+    staging = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    DepthForgeImageProcessor().save_pretrained(staging)
+    previous = f"{path}.old-{os.getpid()}"
+    if os.path.exists(path):
+        os.replace(path, previous)
+    os.replace(staging, path)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_text(path: str, text: str) -> None:
     temporary = f"{path}.tmp-{os.getpid()}"
     with open(temporary, "w") as handle:
-        json.dump(document, handle, indent=2, default=float)
+        handle.write(text)
     os.replace(temporary, path)
+
+
+def write_json(path: str, document) -> None:
+    write_text(path, json.dumps(document, indent=2, default=float))
 
 
 def synthetic_label_counts(config: TrainingConfig) -> np.ndarray:
@@ -614,6 +737,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + item.name.replace("_", "-")
         if item.name == "eval_data":
             parser.add_argument(flag, nargs="*", default=None, help="domain=source[:split] evaluation sets")
+        elif item.name == "best_metric_domains":
+            parser.add_argument(flag, nargs="*", default=None, help="domains whose mean mIoU selects the best step")
         elif item.name == "eval_scale":
             parser.add_argument(flag, nargs=2, type=int, default=None, metavar=("LONG", "SHORT"))
         elif item.type is bool:

@@ -24,9 +24,11 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
     Mask2FormerSinePositionEmbedding,
 )
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_depthforge import DepthForgeConfig, check_inference_settings, pair
+
+logger = logging.get_logger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Patch-size and position-table conversion (official `tools/convert_models/convert_dinov2_depth.py` semantics)
@@ -437,15 +439,35 @@ class DepthForgePreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, then re-freeze the foundation models: transformers' loader replaces
-        every parameter with a new one whose `requires_grad` is True."""
-        loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+    def from_pretrained(cls, *args, allow_partial_load: bool = False, **kwargs):
+        """`PreTrainedModel.from_pretrained`, made strict, then re-freeze the foundation models.
+
+        transformers only logs a warning for checkpoint tensors that are missing, unexpected or of the wrong shape and
+        leaves those weights randomly initialised; here that is an error naming the tensors. Pass
+        `allow_partial_load=True` to accept a partial checkpoint on purpose: the model loads, a report is logged, and
+        with `output_loading_info=True` the lists are returned. (The re-freeze is needed because transformers'
+        loader replaces every parameter with a new one whose `requires_grad` is True.)
+        """
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {
+            kind: sorted(info.get(kind) or [])
+            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+            if info.get(kind)
+        }
+        if problems:
+            report = "; ".join(f"{kind.replace('_', ' ')}: {names[:8]}" + (" ..." if len(names) > 8 else "")
+                               for kind, names in problems.items())
+            if not allow_partial_load:
+                raise RuntimeError(
+                    f"The checkpoint does not match {cls.__name__} ({report}). Refusing to leave these weights "
+                    "randomly initialised; pass allow_partial_load=True to load it partially on purpose."
+                )
+            logger.warning(f"Partial load of {cls.__name__}: {report}.")
         for module in model.modules():
             if isinstance(module, DepthForgeModel):
                 module.freeze_foundation_models()
-        return loaded
+        return (model, info) if wants_info else model
 
     def _init_weights(self, module: nn.Module):
         """Official initialisation (mmseg/mmdet `init_weights`, see `spec/head-equivalence.md` D19).
@@ -548,6 +570,10 @@ def _init_deformable_attention(attention: Mask2FormerPixelDecoderEncoderMultisca
 class DepthForgeModel(DepthForgePreTrainedModel):
     """The DepthForge backbone: frozen DINOv2 + frozen depth encoder + depth-aware tokens, giving a 4-level pyramid
     and the token-derived queries."""
+
+    # Loading the backbone alone from a full segmentation checkpoint: the head's tensors are expected leftovers, not
+    # a mismatch (the strict check of `from_pretrained` still applies to everything else).
+    _keys_to_ignore_on_load_unexpected = [r"^(refinement|pixel_decoder|transformer_decoder|criterion)\."]
 
     def __init__(self, config: DepthForgeConfig):
         super().__init__(config)
