@@ -61,3 +61,378 @@ def test_backbone_loads_from_a_full_checkpoint_without_complaint(tmp_path):
     backbone = DepthForgeModel.from_pretrained(model_dir)
     full = DepthForgeForSemanticSegmentation.from_pretrained(model_dir)
     assert torch.equal(backbone.tokens.learnable_tokens_a, full.depthforge.tokens.learnable_tokens_a)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Untrusted files
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that a pickle payload ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_refuses_a_pickle_payload_in_a_checkpoint_without_running_it(tmp_path):
+    import pickle
+
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import COMPLETE_MARKER, file_checksums, train
+
+    config = run_config(tmp_path, tiny_model(tmp_path), max_steps=2, save_every=1)
+    train(config)
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    marker = tmp_path / "payload-ran"
+    with open(checkpoint / "training_state.pt", "wb") as handle:
+        pickle.dump({"optimizer": _Payload(str(marker))}, handle)
+    # a consistent marker, so that it is the unpickling that is refused, not the checksum
+    (checkpoint / COMPLETE_MARKER).write_text(__import__("json").dumps(file_checksums(str(checkpoint))))
+    with pytest.raises(pickle.UnpicklingError):
+        train(run_config(tmp_path, config.model, max_steps=4, resume=str(checkpoint)))
+    assert not marker.exists()
+
+
+def test_no_module_unpickles_with_weights_only_false():
+    """Every `torch.load` call in the package passes `weights_only=True`, and nothing calls `pickle.load(s)`."""
+    import ast
+    import pathlib
+
+    import depthforge_hf
+
+    root = pathlib.Path(depthforge_hf.__file__).parent
+    torch_loads = 0
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            owner = getattr(node.func.value, "id", None)
+            if owner == "torch" and node.func.attr == "load":
+                torch_loads += 1
+                flags = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+                assert flags.get("weights_only") is True, f"{path}:{node.lineno} torch.load without weights_only=True"
+            assert not (owner == "pickle" and node.func.attr in ("load", "loads")), f"{path}:{node.lineno}"
+    assert torch_loads >= 2  # the checker found the known call sites (checkpoint resume, official conversion)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def png_bytes(array) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_shards(folder, split: str, shards: list[list[dict]]) -> str:
+    """Parquet shards in the `prepare-data` layout, one list of rows per shard (an empty list = an empty shard)."""
+    from depthforge_hf.data.shards import DATA_DIR, shard_file_name, write_rows_to_parquet
+
+    os.makedirs(os.path.join(folder, DATA_DIR), exist_ok=True)
+    for index, rows in enumerate(shards):
+        path = os.path.join(folder, DATA_DIR, shard_file_name(split, index, len(shards)))
+        if rows:
+            write_rows_to_parquet(rows, path)
+        else:  # an empty shard with the right schema
+            import pyarrow.parquet as pq
+
+            from depthforge_hf.data.shards import SEGMENTATION_FEATURES
+
+            pq.write_table(SEGMENTATION_FEATURES.arrow_schema.empty_table(), path)
+    return str(folder)
+
+
+def row(name: str, image: bytes, label: bytes) -> dict:
+    return {"image": {"bytes": image, "path": None}, "label": {"bytes": label, "path": None}, "domain": "test",
+            "file_name": name}
+
+
+def mixed_rows(num_good: int, seed: int = 0) -> list[dict]:
+    import numpy as np
+
+    generator = np.random.default_rng(seed)
+    rows = []
+    for index in range(num_good):
+        image = generator.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        label = generator.integers(0, 19, (48, 64), dtype=np.uint8)
+        rows.append(row(f"good_{index}.png", png_bytes(image), png_bytes(label)))
+    image = png_bytes(generator.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    rows.append(row("corrupt.png", b"not an image at all", png_bytes(np.zeros((48, 64), np.uint8))))
+    rows.append(row("truncated.png", image[: len(image) // 2], png_bytes(np.zeros((48, 64), np.uint8))))
+    rows.append(row("wrong_size.png", image, png_bytes(np.zeros((40, 64), np.uint8))))
+    out_of_range = np.full((48, 64), 3, np.uint8)
+    out_of_range[:10] = 77  # not a class id and not 255
+    rows.append(row("bad_values.png", image, png_bytes(out_of_range)))
+    return rows
+
+
+def test_training_skips_bad_samples_reports_them_and_reads_through_empty_shards(tmp_path):
+    import json
+
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import train
+
+    rows = mixed_rows(12)
+    data = write_shards(tmp_path / "data", "train", [rows[:8], [], rows[8:]])
+    config = run_config(tmp_path, tiny_model(tmp_path), train_data=data, max_steps=8, batch_size=2, save_every=0,
+                        max_bad_fraction=0.5)
+    summary = train(config)
+    assert summary["step"] == 8
+    health = summary["data_health"]
+    reported = [json.loads(line) for line in open(health["report"])]
+    by_name = {}
+    for entry in reported:
+        by_name.setdefault(entry["file_name"], set()).add(entry["action"])
+    # 16 samples per epoch; 8 steps of 2 cover at least one full epoch, so every bad file is seen at least once
+    assert {"corrupt.png", "truncated.png", "wrong_size.png"} <= {n for n, a in by_name.items() if a == {"skipped"}}
+    assert by_name["bad_values.png"] == {"mapped to ignore"}
+    assert not any(name.startswith("good_") for name in by_name)
+    assert health["skipped"] >= 3 and health["bad"] == len(reported)
+
+
+def test_training_stops_when_too_much_of_the_data_is_bad(tmp_path, monkeypatch):
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import DataHealth, train
+
+    monkeypatch.setattr(DataHealth, "min_samples", 8)  # judge early: the test data is small
+    data = write_shards(tmp_path / "data", "train", [mixed_rows(4)])  # 4 of 8 samples are bad
+    config = run_config(tmp_path, tiny_model(tmp_path), train_data=data, max_steps=20, save_every=0,
+                        max_bad_fraction=0.2)
+    with pytest.raises(RuntimeError, match=r"training samples are bad .*--max-bad-fraction 0.2.*bad_samples-0.jsonl"):
+        train(config)
+
+
+def test_evaluation_skips_and_counts_bad_samples(tmp_path):
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import train
+
+    train_data = write_shards(tmp_path / "train", "train", [mixed_rows(6, seed=1)[:6]])
+    eval_data = write_shards(tmp_path / "eval", "validation", [mixed_rows(3, seed=2)])
+    config = run_config(tmp_path, tiny_model(tmp_path), train_data=train_data, eval_data=[f"target={eval_data}"],
+                        max_steps=2, save_every=0)
+    results = train(config)["evaluation"]["target"]
+    assert results["skipped_samples"] == 3  # corrupt, truncated, wrong size
+    assert results["samples_with_invalid_labels"] == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Numerical faults
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def poison_losses(monkeypatch, bad_calls: set[int]):
+    """Make the training forward return a NaN loss on the given call numbers (0-based)."""
+    original = DepthForgeForSemanticSegmentation.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        if kwargs.get("labels") is not None:
+            if calls["n"] in bad_calls:
+                output.loss = output.loss * float("nan")
+            calls["n"] += 1
+        return output
+
+    monkeypatch.setattr(DepthForgeForSemanticSegmentation, "forward", forward)
+
+
+def test_a_non_finite_loss_skips_its_step_and_is_counted(tmp_path, monkeypatch):
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import train
+
+    poison_losses(monkeypatch, {1, 3})
+    summary = train(run_config(tmp_path, tiny_model(tmp_path), max_steps=4, save_every=0))
+    assert summary["step"] == 4  # two batches were skipped, four steps were still made
+    assert summary["data_health"]["nonfinite_steps"] == 2
+    assert all(torch.isfinite(torch.tensor([h["loss"] for h in summary["history"]])))
+    model = summary["model"]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_repeated_non_finite_losses_stop_with_a_resumable_checkpoint(tmp_path, monkeypatch):
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import list_checkpoints, train
+
+    model_dir = tiny_model(tmp_path)
+    poison_losses(monkeypatch, set(range(2, 100)))
+    with pytest.raises(RuntimeError, match="3 consecutive non-finite losses .*--resume latest"):
+        train(run_config(tmp_path, model_dir, max_steps=8, save_every=0, max_consecutive_nonfinite=3))
+    checkpoints = list_checkpoints(str(tmp_path / "run"))
+    assert [os.path.basename(c) for c in checkpoints] == ["checkpoint-2"]
+    monkeypatch.undo()
+    resumed = train(run_config(tmp_path, model_dir, max_steps=8, save_every=0, resume="latest"))
+    assert resumed["step"] == 8
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Crash safety: SIGTERM / SIGINT checkpoint and exit cleanly; SIGKILL at any moment leaves the last checkpoint intact
+# ----------------------------------------------------------------------------------------------------------------------
+
+CRASH_RUN_STEPS = 60
+
+
+def train_command(model_dir: str, output_dir: str, *extra: str) -> list[str]:
+    import sys
+
+    return [
+        sys.executable, "-m", "depthforge_hf.cli", "train", "--model", model_dir, "--output-dir", output_dir,
+        "--max-steps", str(CRASH_RUN_STEPS), "--batch-size", "2", "--crop-size", "64", "--learning-rate", "1e-3",
+        "--save-every", "2", "--keep-last", "3", "--log-every", "5", "--synthetic-train-samples", "16",
+        "--synthetic-eval-samples", "2", "--eval-every", "0", "--seed", "7", "--schedule", "poly",
+        "--warmup-ratio", "0.1", "--report-to", "none", *extra,
+    ]
+
+
+def run_environment() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+
+
+def start_and_signal(command: list[str], output_dir, signal_number: int, after_checkpoint: int, delay: float):
+    """Start a training process, wait until `checkpoint-<after_checkpoint>` exists, wait `delay` s, send the signal."""
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=run_environment())
+    deadline = time.monotonic() + 300
+    while not (output_dir / f"checkpoint-{after_checkpoint}").exists():
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "training did not reach the checkpoint in time"
+        time.sleep(0.005)
+    time.sleep(delay)
+    process.send_signal(signal_number)
+    output, _ = process.communicate(timeout=300)
+    return process.returncode, output
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    """The reference: the same run without interruption, in its own process."""
+    import subprocess
+
+    tmp_path = tmp_path_factory.mktemp("reference")
+    model_dir = saved_tiny_model(tmp_path)
+    finished = subprocess.run(train_command(model_dir, str(tmp_path / "run")), capture_output=True, text=True,
+                              env=run_environment(), timeout=600)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
+    return model_dir, load_file(str(tmp_path / "run" / f"checkpoint-{CRASH_RUN_STEPS}" / "trainable.safetensors"))
+
+
+def assert_same_weights(path, reference: dict) -> None:
+    weights = load_file(str(path))
+    assert weights.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(weights[key], reference[key]), key
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_sigint_write_a_checkpoint_and_exit_cleanly(tmp_path, uninterrupted_run, signal_name):
+    import signal
+    import subprocess
+
+    from depthforge_hf.training import list_checkpoints, verify_checkpoint
+
+    model_dir, reference = uninterrupted_run
+    output_dir = tmp_path / "run"
+    code, output = start_and_signal(train_command(model_dir, str(output_dir)), output_dir,
+                                    getattr(signal, signal_name), after_checkpoint=4, delay=0.05)
+    assert code == 0, output[-3000:]
+    assert f"Stopped by {signal_name}" in output
+    latest = list_checkpoints(str(output_dir))[-1]
+    verify_checkpoint(latest)
+    stopped_at = int(latest.rsplit("-", 1)[1])
+    assert 4 <= stopped_at < CRASH_RUN_STEPS, stopped_at  # the final checkpoint is where it stopped, not a periodic one
+    resumed = subprocess.run(train_command(model_dir, str(output_dir), "--resume", "latest"), capture_output=True,
+                             text=True, env=run_environment(), timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert_same_weights(output_dir / f"checkpoint-{CRASH_RUN_STEPS}" / "trainable.safetensors", reference)
+
+
+def test_sigkill_at_any_moment_leaves_the_last_checkpoint_intact_and_the_run_resumes(tmp_path, uninterrupted_run):
+    import signal
+    import subprocess
+
+    from depthforge_hf.training import list_checkpoints, verify_checkpoint
+
+    model_dir, reference = uninterrupted_run
+    output_dir = tmp_path / "run"
+    # killed twice, at different moments (during steps or checkpoint writes), resuming in between
+    for attempt, (after, delay) in enumerate(((2, 0.0), (12, 0.013))):
+        extra = ("--resume", "latest") if attempt else ()
+        code, output = start_and_signal(train_command(model_dir, str(output_dir), *extra), output_dir,
+                                        signal.SIGKILL, after_checkpoint=after, delay=delay)
+        assert code == -signal.SIGKILL, output[-2000:]
+        checkpoints = list_checkpoints(str(output_dir))
+        assert checkpoints, "no complete checkpoint survived"
+        verify_checkpoint(checkpoints[-1])  # complete and matching its checksums
+    resumed = subprocess.run(train_command(model_dir, str(output_dir), "--resume", "latest"), capture_output=True,
+                             text=True, env=run_environment(), timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert_same_weights(output_dir / f"checkpoint-{CRASH_RUN_STEPS}" / "trainable.safetensors", reference)
+
+
+def test_a_damaged_checkpoint_is_detected_and_resume_falls_back_to_an_intact_one(tmp_path):
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import TrainingConfig, resolve_resume, train, verify_checkpoint
+
+    train(run_config(tmp_path, tiny_model(tmp_path), max_steps=4, save_every=2))
+    damaged = tmp_path / "run" / "checkpoint-4" / "trainable.safetensors"
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte in the weights
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"damaged: \['trainable.safetensors'\]"):
+        verify_checkpoint(str(tmp_path / "run" / "checkpoint-4"))
+    chosen = resolve_resume(TrainingConfig(output_dir=str(tmp_path / "run"), resume="latest"))
+    assert chosen == str(tmp_path / "run" / "checkpoint-2")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Config validation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"schedule": "cosine"}, r"schedule must be one of \('onecycle', 'poly'\)"),
+        ({"mixed_precision": "fp8"}, "mixed_precision must be one of"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"save_every": -1}, "save_every must be >= 0"),
+        ({"warmup_ratio": 1.5}, "warmup_ratio must lie in"),
+        ({"invalid_labels": "drop"}, "invalid_labels must be one of"),
+    ],
+)
+def test_training_settings_are_validated_at_construction(overrides, message):
+    from depthforge_hf.training import TrainingConfig
+
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig(**overrides)
+
+
+def test_a_crop_that_does_not_tile_into_patches_is_refused(tmp_path):
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import train
+
+    with pytest.raises(ValueError, match=r"crop_size \(72\) must be a multiple of the model's patch size \(16\)"):
+        train(run_config(tmp_path, tiny_model(tmp_path), crop_size=72))
+
+# Model config validation (pyramid indices, token count, widths, patch size, ...) is tested in test_modeling.py
+# (test_invalid_configs_raise_clear_errors, test_mismatched_vit_pair_is_refused).

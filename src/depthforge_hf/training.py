@@ -72,8 +72,33 @@ class TrainingConfig:
     # ("tensorboard,wandb,mlflow,trackio,...")
     report_to: str = "auto"
     num_workers: int = 0
+    # bad data and numerical faults: bad samples are skipped (labels with values outside the class set are mapped to
+    # ignore, or skipped with invalid_labels="skip") and reported; more than max_bad_fraction of them stops the run
+    invalid_labels: str = "ignore"
+    max_bad_fraction: float = 0.05
+    max_consecutive_nonfinite: int = 5  # non-finite losses in a row that stop the run (each one skips its step)
     resume: str | None = None  # "latest" or a checkpoint folder
     stop_after: int | None = None  # end this run after N steps with a checkpoint (time-limited jobs); resume later
+
+    def __post_init__(self):
+        choices = {"schedule": ("onecycle", "poly"), "mixed_precision": ("no", "bf16", "fp16"),
+                   "invalid_labels": ("ignore", "skip")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        for name in ("max_steps", "batch_size", "crop_size", "gradient_accumulation_steps", "log_every",
+                     "max_consecutive_nonfinite", "synthetic_train_samples", "synthetic_eval_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        for name in ("save_every", "eval_every", "keep_last", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 turns it off), got {getattr(self, name)}.")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.max_bad_fraction <= 1:
+            raise ValueError(f"warmup_ratio must lie in [0, 1) and max_bad_fraction in [0, 1], got "
+                             f"{self.warmup_ratio} and {self.max_bad_fraction}.")
+        if self.learning_rate <= 0 or self.weight_decay < 0:
+            raise ValueError(f"learning_rate must be > 0 and weight_decay >= 0, got {self.learning_rate}, "
+                             f"{self.weight_decay}.")
 
 
 RECIPES = {
@@ -194,17 +219,60 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, scheduler, dat
     )
     with open(os.path.join(staging, "state.json"), "w") as handle:
         json.dump({"step": step, **data_state}, handle)
-    with open(os.path.join(staging, COMPLETE_MARKER), "w") as handle:
-        handle.write("ok\n")
     for name in os.listdir(staging):
         with open(os.path.join(staging, name), "rb") as handle:
             os.fsync(handle.fileno())
+    # the marker, written last, holds every file's checksum: its presence means "complete", its content "intact"
+    write_text(os.path.join(staging, COMPLETE_MARKER), json.dumps(file_checksums(staging), indent=1))
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(staging, final)
+    fsync_directory(output_dir)
     for old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def file_checksums(folder: str) -> dict[str, str]:
+    import hashlib
+
+    checksums = {}
+    for name in sorted(os.listdir(folder)):
+        if name == COMPLETE_MARKER:
+            continue
+        digest = hashlib.sha256()
+        with open(os.path.join(folder, name), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        checksums[name] = digest.hexdigest()
+    return checksums
+
+
+def fsync_directory(path: str) -> None:
+    """Make a rename durable (POSIX: the directory entry is data of the directory)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def verify_checkpoint(path: str) -> None:
+    """Raise if `path` is not a complete checkpoint whose files match the checksums in its marker."""
+    marker = os.path.join(path, COMPLETE_MARKER)
+    if not os.path.exists(marker):
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker).")
+    with open(marker) as handle:
+        expected = json.load(handle)
+    actual = file_checksums(path)
+    damaged = sorted(name for name in expected if actual.get(name) != expected[name])
+    if damaged:
+        raise ValueError(f"Checkpoint {path} is damaged: {damaged} do not match their checksums.")
 
 
 def list_checkpoints(output_dir: str) -> list[str]:
@@ -220,8 +288,7 @@ def list_checkpoints(output_dir: str) -> list[str]:
 
 
 def load_checkpoint(path: str, model, optimizer, scheduler) -> dict:
-    if not os.path.exists(os.path.join(path, COMPLETE_MARKER)):
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker).")
+    verify_checkpoint(path)
     state = load_file(os.path.join(path, "trainable.safetensors"))
     expected = {name for name, p in model.named_parameters() if p.requires_grad}
     if set(state) != expected:
@@ -271,18 +338,30 @@ def parse_eval_entry(entry: str) -> tuple[str, str, str]:
     return domain, source, split or "validation"
 
 
-def training_stream(config: TrainingConfig):
-    """The (unsplit) training stream; accelerate shards it across processes."""
+def training_stream(config: TrainingConfig, decode: bool = True):
+    """The (unsplit) training stream; accelerate shards it across processes.
+
+    With `decode=False` images and labels stay encoded (`{"bytes", "path"}`) and the collator decodes them, so that a
+    corrupt file is one skipped, reported sample instead of an exception inside the `datasets` iterator."""
+    from datasets import Image as ImageFeature
+
     from .data.streaming import load_segmentation_data
     from .data.synthetic import SOURCE_DOMAIN, synthetic_stream
 
     if config.train_data is None:
-        return synthetic_stream(SOURCE_DOMAIN, "train", num_samples=config.synthetic_train_samples, seed=config.seed)
-    return load_segmentation_data(config.train_data, split=config.train_split, streaming=True)
+        stream = synthetic_stream(SOURCE_DOMAIN, "train", num_samples=config.synthetic_train_samples, seed=config.seed)
+    else:
+        stream = load_segmentation_data(config.train_data, split=config.train_split, streaming=True)
+    if not decode:
+        for column in ("image", "label"):
+            stream = stream.cast_column(column, ImageFeature(decode=False))
+    return stream
 
 
 def evaluation_sets(config: TrainingConfig) -> dict:
     """Map-style evaluation sets per domain."""
+    from datasets import Image as ImageFeature
+
     from .data.streaming import load_segmentation_data
     from .data.synthetic import DOMAINS, synthetic_dataset
 
@@ -290,7 +369,10 @@ def evaluation_sets(config: TrainingConfig) -> dict:
         sets = {}
         for entry in config.eval_data:
             domain, source, split = parse_eval_entry(entry)
-            sets[domain] = load_segmentation_data(source, split=split, streaming=False)
+            dataset = load_segmentation_data(source, split=split, streaming=False)
+            for column in ("image", "label"):  # decoded by `evaluate`, where a corrupt file is one skipped sample
+                dataset = dataset.cast_column(column, ImageFeature(decode=False))
+            sets[domain] = dataset
         return sets
     if config.train_data is None:
         return {
@@ -326,9 +408,22 @@ def evaluate(model, eval_sets: dict, accelerator: Accelerator, config: TrainingC
     results = {}
     for domain, dataset in eval_sets.items():
         matrix = torch.zeros(num_labels, num_labels, dtype=torch.long, device=device)
+        bad = torch.zeros(2, dtype=torch.long, device=device)  # skipped samples, samples with labels set to ignore
         for index in range(accelerator.process_index, len(dataset), accelerator.num_processes):
             example = dataset[index]
-            image, label = to_rgb_array(example["image"]), to_label_array(example["label"])
+            name = example.get("file_name", f"{domain}[{index}]")
+            try:
+                image, label = to_rgb_array(example["image"]), to_label_array(example["label"])
+                if label.shape != image.shape[:2]:
+                    raise ValueError(f"label size {label.shape[::-1]} differs from image size {image.shape[1::-1]}")
+            except (OSError, ValueError, SyntaxError) as error:
+                bad[0] += 1
+                accelerator.print(f"evaluation ({domain}): bad sample {name} skipped: {error}")
+                continue
+            invalid = (label >= num_labels) & (label != ignore_index)
+            if invalid.any():  # not a class: ignored by the metric, like the official evaluation's ignore label
+                bad[1] += 1
+                label = np.where(invalid, ignore_index, label)
             if transform is not None:
                 image, _ = transform(image, None)
             pixel_values = normalize_image(image)[None].to(device)
@@ -338,8 +433,10 @@ def evaluate(model, eval_sets: dict, accelerator: Accelerator, config: TrainingC
             prediction = logits.argmax(dim=1)[0]
             matrix += confusion_matrix(prediction, torch.from_numpy(np.array(label)).to(device), num_labels, ignore_index)
         matrix = accelerator.reduce(matrix, reduction="sum")
+        bad = accelerator.reduce(bad, reduction="sum")
         names = [unwrapped.config.id2label[i] for i in range(num_labels)]
-        results[domain] = {**scores_from_confusion(matrix.cpu()).as_dict(names), "confusion": matrix.cpu().tolist()}
+        results[domain] = {**scores_from_confusion(matrix.cpu()).as_dict(names), "confusion": matrix.cpu().tolist(),
+                           "skipped_samples": int(bad[0]), "samples_with_invalid_labels": int(bad[1])}
     if results:
         results["mean_mIoU"] = float(np.mean([results[d]["mIoU"] for d in eval_sets]))
     model.train()
@@ -423,12 +520,101 @@ def read_best(output_dir: str) -> dict | None:
         return json.load(handle)
 
 
+class DataHealth:
+    """Counts bad samples and non-finite steps of this process, reports each bad sample (file name, problem, action)
+    to `bad_samples-<rank>.jsonl` in the output folder, and stops the run when more than `max_bad_fraction` of the
+    samples seen are bad (after at least `min_samples`, so one early bad file does not stop a run)."""
+
+    min_samples = 50
+
+    def __init__(self, config: TrainingConfig, rank: int):
+        self.max_bad_fraction = config.max_bad_fraction
+        self.path = os.path.join(config.output_dir, f"bad_samples-{rank}.jsonl")
+        self.seen = self.bad = self.skipped = self.nonfinite_steps = 0
+
+    @classmethod
+    def from_state(cls, state: dict | None, config: TrainingConfig, rank: int) -> "DataHealth":
+        health = cls(config, rank)
+        for key, value in ((state or {}).get("data_health") or {}).items():
+            setattr(health, key, value)
+        return health
+
+    def state(self) -> dict:
+        return {"seen": self.seen, "bad": self.bad, "skipped": self.skipped, "nonfinite_steps": self.nonfinite_steps}
+
+    def summary(self) -> dict:
+        return {**self.state(), "report": self.path if self.bad else None}
+
+    def record(self, bad_samples: list[dict], kept: int, write=print) -> None:
+        self.seen += kept + sum(1 for sample in bad_samples if sample["action"] == "skipped")
+        if not bad_samples:
+            return
+        self.bad += len(bad_samples)
+        self.skipped += sum(1 for sample in bad_samples if sample["action"] == "skipped")
+        with open(self.path, "a") as handle:
+            for sample in bad_samples:
+                handle.write(json.dumps(sample) + "\n")
+        for sample in bad_samples[:3]:
+            write(f"bad sample {sample['file_name']}: {sample['problem']} ({sample['action']})")
+        if self.seen >= self.min_samples and self.bad > self.max_bad_fraction * self.seen:
+            raise RuntimeError(
+                f"{self.bad} of {self.seen} training samples are bad (more than --max-bad-fraction "
+                f"{self.max_bad_fraction}); see {self.path}. Fix the data (or its label map), or raise "
+                "--max-bad-fraction to train on anyway."
+            )
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set `requested` (the signal's name); the loop then writes a checkpoint and returns. A second
+    signal of the same kind acts as usual (Ctrl-C twice interrupts immediately)."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self.previous: dict = {}
+
+    @classmethod
+    def install(cls) -> "StopRequest":
+        import signal
+        import threading
+
+        stop = cls()
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for number in (signal.SIGTERM, signal.SIGINT):
+                stop.previous[number] = signal.signal(number, stop.handle)
+        return stop
+
+    def handle(self, number, frame):
+        import signal
+
+        self.requested = signal.Signals(number).name
+        signal.signal(number, self.previous.get(number, signal.SIG_DFL))
+
+    def uninstall(self):
+        import signal
+
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+def data_state_of(checkpoint: str | None) -> dict | None:
+    if checkpoint is None:
+        return None
+    with open(os.path.join(checkpoint, "state.json")) as handle:
+        return json.load(handle)
+
+
 def resolve_resume(config: TrainingConfig) -> str | None:
     if config.resume is None:
         return None
     if config.resume == "latest":
-        checkpoints = list_checkpoints(config.output_dir)
-        return checkpoints[-1] if checkpoints else None
+        # the newest checkpoint that verifies; a damaged one (disk fault) is reported and passed over
+        for checkpoint in reversed(list_checkpoints(config.output_dir)):
+            try:
+                verify_checkpoint(checkpoint)
+                return checkpoint
+            except (ValueError, json.JSONDecodeError) as error:
+                print(f"warning: {error} Falling back to an older checkpoint.")
+        return None
     return config.resume
 
 
@@ -456,15 +642,22 @@ def train(config: TrainingConfig) -> dict:
     )
     set_seed(config.seed)  # same seed everywhere: identical initial weights on every process
     model = build_model(config)
+    if config.crop_size % model.config.patch_size:
+        raise ValueError(f"crop_size ({config.crop_size}) must be a multiple of the model's patch size "
+                         f"({model.config.patch_size}), so that crops tile into whole patches.")
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable()
     optimizer = torch.optim.AdamW(
         parameter_groups(model, config.weight_decay), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8
     )
     scheduler = build_scheduler(optimizer, config)
-    collator = SegmentationCollator(transform=None, pad_to=config.crop_size)
+    collator = SegmentationCollator(
+        transform=None, pad_to=config.crop_size, num_labels=model.config.num_labels, on_bad_sample="skip",
+        invalid_labels=config.invalid_labels,
+    )
     dataloader = DataLoader(
-        training_stream(config), batch_size=config.batch_size, collate_fn=collator, num_workers=config.num_workers
+        training_stream(config, decode=False), batch_size=config.batch_size, collate_fn=collator,
+        num_workers=config.num_workers,
     )
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     if config.compile:
@@ -484,81 +677,115 @@ def train(config: TrainingConfig) -> dict:
     best = read_best(config.output_dir) if checkpoint is not None else None
 
     start_step = step
+    health = DataHealth.from_state(data_state_of(checkpoint), config, accelerator.process_index)
     progress = tqdm(total=config.max_steps, initial=step, disable=not accelerator.is_local_main_process, desc="train")
     model.train()
-    started, images_seen, skipped_nonfinite = time.perf_counter(), 0, 0
-    while step < config.max_steps and not (config.stop_after and step - start_step >= config.stop_after):
-        collator.transform = epoch_transform(config, epoch, accelerator.process_index)
-        dataloader.set_epoch(epoch)
-        iterator = iter(dataloader)
-        for _ in range(batches_done):  # replay the epoch's data (and its augmentation draws) up to the checkpoint
-            next(iterator)
-        if resume_rng is not None:
-            restore_rng(resume_rng)
-            resume_rng = None
-        finished_epoch = True
-        for batch in iterator:
-            with accelerator.accumulate(model):
-                loss = model(batch["pixel_values"], labels=batch["labels"]).loss
-                if not torch.isfinite(loss):
-                    skipped_nonfinite += 1
-                    accelerator.print(f"non-finite loss at step {step}: batch {batch.get('file_name')} skipped")
-                    optimizer.zero_grad()
-                    if skipped_nonfinite > 10:
-                        raise RuntimeError("More than 10 non-finite losses; stopping (the last checkpoint is intact).")
-                    batches_done += 1
-                    continue
-                accelerator.backward(loss)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad()
-            batches_done += 1
-            images_seen += batch["pixel_values"].shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            progress.update(1)
-            if step % config.log_every == 0 or step == config.max_steps:
-                elapsed = time.perf_counter() - started
-                # the mean over processes (one collective every `log_every` steps, not every step)
-                record = {"step": step, "loss": accelerator.reduce(loss.detach(), reduction="mean").item(), "lr": scheduler.get_last_lr()[0],
-                          "images_per_second": images_seen / max(elapsed, 1e-9)}
-                history.append(record)
-                accelerator.log({"train/" + key: value for key, value in record.items() if key != "step"}, step=step)
-                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
-                                     img_s=f"{record['images_per_second']:.1f}")
-            if config.save_every and step % config.save_every == 0 and step < config.max_steps:
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    save_checkpoint(config.output_dir, step, accelerator.unwrap_model(model), optimizer, scheduler,
-                                    {"epoch": epoch, "batches_done": batches_done, "history": history},
-                                    config.keep_last)
-            if config.eval_every and step % config.eval_every == 0 and eval_sets and step < config.max_steps:
-                results = evaluate(model, eval_sets, accelerator, config)
-                score = best_score(results, config.best_metric_domains)
-                accelerator.log(evaluation_scalars(results), step=step)
-                is_best = best is None or score > best["score"]
-                accelerator.print(f"step {step}: mean mIoU {results['mean_mIoU']:.2f}" + (" (best)" if is_best else ""))
-                if is_best:
-                    best = {"step": step, "score": score}
-                    if accelerator.is_main_process:
-                        save_best(config.output_dir, step, accelerator.unwrap_model(model), score, results)
-            if step >= config.max_steps or (config.stop_after and step - start_step >= config.stop_after):
-                finished_epoch = False
-                break
-        if finished_epoch:
-            epoch, batches_done = epoch + 1, 0
-    progress.close()
+    started, images_seen, consecutive_nonfinite = time.perf_counter(), 0, 0
+    stop = StopRequest.install()
+    unwrapped = accelerator.unwrap_model(model)
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_checkpoint(config.output_dir, step, accelerator.unwrap_model(model), optimizer, scheduler,
-                        {"epoch": epoch, "batches_done": batches_done, "history": history}, config.keep_last)
-    accelerator.wait_for_everyone()
-    if step < config.max_steps:  # stopped early on purpose: the checkpoint is the result
+    def checkpoint_now():
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_checkpoint(config.output_dir, step, unwrapped, optimizer, scheduler,
+                            {"epoch": epoch, "batches_done": batches_done, "history": history,
+                             "data_health": health.state()}, config.keep_last)
+        accelerator.wait_for_everyone()
+
+    try:
+        while step < config.max_steps and not (config.stop_after and step - start_step >= config.stop_after):
+            collator.transform = epoch_transform(config, epoch, accelerator.process_index)
+            dataloader.set_epoch(epoch)
+            iterator = iter(dataloader)
+            for _ in range(batches_done):  # replay the epoch's data (and its augmentation draws) to the checkpoint
+                next(iterator)
+            if resume_rng is not None:
+                restore_rng(resume_rng)
+                resume_rng = None
+            finished_epoch = True
+            for batch in iterator:
+                batches_done += 1
+                health.record(batch.pop("bad_samples", []), batch["pixel_values"].shape[0], progress.write)
+                with accelerator.accumulate(model):
+                    empty = batch["pixel_values"].shape[0] == 0
+                    loss = None if empty else model(batch["pixel_values"], labels=batch["labels"]).loss
+                    # One decision for all processes (one small collective per step when there are several): skip
+                    # the step if any process has no data or a non-finite loss; stop after this optimizer step if any
+                    # process got a signal (stopping at a step boundary keeps the resumed run identical: no
+                    # half-accumulated gradients, no random draws of an abandoned forward pass).
+                    flags = torch.tensor([float(empty), float(not empty and not torch.isfinite(loss)),
+                                          float(stop.requested is not None)], device=accelerator.device)
+                    if accelerator.num_processes > 1:
+                        flags = accelerator.reduce(flags, reduction="sum")
+                    if flags[2] > 0:
+                        stop.requested = stop.requested or "a signal on another process"
+                    if flags[0] + flags[1] > 0:
+                        optimizer.zero_grad()
+                        if flags[1] > 0:
+                            consecutive_nonfinite += 1
+                            health.nonfinite_steps += 1
+                            progress.write(f"non-finite loss at step {step}, step skipped; batch: "
+                                           f"{batch.get('file_name', '<no file names>')}")
+                            if consecutive_nonfinite >= config.max_consecutive_nonfinite:
+                                checkpoint_now()
+                                raise RuntimeError(
+                                    f"{consecutive_nonfinite} consecutive non-finite losses (step {step}): stopping. "
+                                    f"A checkpoint of the last finite state is in {config.output_dir}; lower the "
+                                    "learning rate or use bf16 instead of fp16, then resume with --resume latest."
+                                )
+                        continue
+                    consecutive_nonfinite = 0
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad()
+                images_seen += batch["pixel_values"].shape[0] * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                progress.update(1)
+                if step % config.log_every == 0 or step == config.max_steps:
+                    elapsed = time.perf_counter() - started
+                    # the mean over processes (one collective every `log_every` steps, not every step)
+                    record = {"step": step, "loss": accelerator.reduce(loss.detach(), reduction="mean").item(),
+                              "lr": scheduler.get_last_lr()[0], "images_per_second": images_seen / max(elapsed, 1e-9)}
+                    history.append(record)
+                    accelerator.log({"train/" + k: v for k, v in record.items() if k != "step"}, step=step)
+                    progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                                         img_s=f"{record['images_per_second']:.1f}")
+                if config.save_every and step % config.save_every == 0 and step < config.max_steps:
+                    checkpoint_now()
+                if config.eval_every and step % config.eval_every == 0 and eval_sets and step < config.max_steps:
+                    results = evaluate(model, eval_sets, accelerator, config)
+                    score = best_score(results, config.best_metric_domains)
+                    accelerator.log(evaluation_scalars(results), step=step)
+                    is_best = best is None or score > best["score"]
+                    progress.write(f"step {step}: mean mIoU {results['mean_mIoU']:.2f}" + (" (best)" * is_best))
+                    if is_best:
+                        best = {"step": step, "score": score}
+                        if accelerator.is_main_process:
+                            save_best(config.output_dir, step, unwrapped, score, results)
+                if (step >= config.max_steps or (config.stop_after and step - start_step >= config.stop_after)
+                        or stop.requested):
+                    finished_epoch = False
+                    break
+            if stop.requested:
+                break
+            if finished_epoch:
+                epoch, batches_done = epoch + 1, 0
+    finally:
+        stop.uninstall()
+        progress.close()
+
+    checkpoint_now()
+    if stop.requested or step < config.max_steps:  # stopped early (signal or --stop-after): the checkpoint is the result
+        if stop.requested:
+            accelerator.print(f"Stopped by {stop.requested} at step {step}; checkpoint written. Continue with "
+                              f"--resume latest --output-dir {config.output_dir}.")
         accelerator.end_training()
-        return {"step": step, "history": history, "checkpoint": list_checkpoints(config.output_dir)[-1]}
+        return {"step": step, "history": history, "checkpoint": list_checkpoints(config.output_dir)[-1],
+                "interrupted": stop.requested, "data_health": health.summary()}
     results = evaluate(model, eval_sets, accelerator, config) if eval_sets else {}
     if results:
         accelerator.log(evaluation_scalars(results), step=step)
@@ -567,7 +794,7 @@ def train(config: TrainingConfig) -> dict:
             best = {"step": step, "score": score}
             if accelerator.is_main_process:
                 save_best(config.output_dir, step, accelerator.unwrap_model(model), score, results)
-    summary = {"step": step, "evaluation": results, "history": history, "skipped_nonfinite": skipped_nonfinite,
+    summary = {"step": step, "evaluation": results, "history": history, "data_health": health.summary(),
                "model": accelerator.unwrap_model(model)}
     if best is not None:
         summary["best"] = best
@@ -629,15 +856,13 @@ def export_run(model, config: TrainingConfig, results: dict, history: list[dict]
         baseline = None
         if config.train_data is None:
             baseline = majority_baseline(eval_sets, synthetic_label_counts(config), model.config.num_labels)
-        report = {"evaluation": {k: v for k, v in results.items()}, "majority_baseline": baseline,
-                  "config": asdict(config)}
-        for domain_results in report["evaluation"].values():
-            if isinstance(domain_results, dict):
-                domain_results.pop("confusion", None)
+        evaluation = {domain: {k: v for k, v in scores.items() if k != "confusion"} if isinstance(scores, dict)
+                      else scores for domain, scores in results.items()}
+        report = {"evaluation": evaluation, "majority_baseline": baseline, "config": asdict(config)}
         write_json(os.path.join(config.output_dir, "evaluation.json"), report)
         table = results_table(results, baseline)
         write_text(os.path.join(config.output_dir, "evaluation.md"), table + "\n")
-        paths["evaluation"] = os.path.join(config.output_dir, "evaluation.json")
+        paths["evaluation_report"] = os.path.join(config.output_dir, "evaluation.json")
         paths["table"] = table
         paths["overlay"] = save_overlay(model, eval_sets, config)
     if history:
@@ -779,7 +1004,7 @@ def run(args: argparse.Namespace) -> int:
     summary = train(config)
     if "table" in summary:
         print(summary["table"])
-    for key in ("model_dir", "evaluation", "overlay", "curve"):
+    for key in ("model_dir", "best_model_dir", "evaluation_report", "overlay", "curve"):
         if key in summary:
             print(f"{key}: {summary[key]}")
     return 0

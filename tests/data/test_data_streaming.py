@@ -86,9 +86,12 @@ def _two_process_epochs(shard_dir, result_path):
     # Runs in each of the 2 processes started by accelerate.debug_launcher.
     import datasets.config
     from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.state import AcceleratorState
     from accelerate.utils import gather_object
 
     datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+    # forked from the pytest process: forget any single-process state an earlier test left in the singleton
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(dispatch_batches=False))
     stream = shuffle_stream(load_segmentation_data(shard_dir, "train"), seed=4307, buffer_size=4)
     loader = accelerator.prepare(DataLoader(stream, batch_size=3, collate_fn=names_collate))

@@ -35,6 +35,22 @@ def local_shard_files(path: str | os.PathLike, split: str) -> list[str]:
     raise FileNotFoundError(f"No shards for split {split!r} under {path} (expected {DATA_DIR}/{split_glob(split)}).")
 
 
+def non_empty_shards(files: list[str]) -> list[str]:
+    """Leaves out shards with no rows (reported): `datasets`' parquet reader fails on them while streaming
+    ("BatchSize must be greater than 0"), and they hold nothing to train on."""
+    import warnings
+
+    import pyarrow.parquet as pq
+
+    kept = [path for path in files if pq.ParquetFile(path).metadata.num_rows > 0]
+    if not kept:
+        raise ValueError(f"Every shard is empty: {files}. Re-run `depthforge prepare-data` for this split.")
+    if len(kept) < len(files):
+        empty = sorted(set(files) - set(kept))
+        warnings.warn(f"Skipping {len(empty)} empty shard(s): {empty}", stacklevel=3)
+    return kept
+
+
 def load_segmentation_data(
     source: str | os.PathLike,
     split: str = "train",
@@ -49,7 +65,7 @@ def load_segmentation_data(
     `len`), handy for evaluation; it is materialised into the `datasets` cache (`cache_dir`).
     """
     if os.path.exists(os.fspath(source)):
-        files = local_shard_files(source, split)
+        files = non_empty_shards(local_shard_files(source, split))
         return datasets.load_dataset(
             "parquet", data_files={split: files}, split=split, streaming=streaming, cache_dir=cache_dir
         )

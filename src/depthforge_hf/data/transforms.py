@@ -257,8 +257,25 @@ class SegmentationEvalTransform:
         return image, label
 
 
+def decode_image_field(value):
+    """An undecoded `datasets` Image value (`{"bytes": ..., "path": ...}`, as given by `Image(decode=False)`) -> a fully
+    loaded PIL image; anything else is returned as is. Corrupt or truncated files raise here (`OSError`), where the
+    caller can catch them per sample instead of inside the `datasets` iterator."""
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        import io
+
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+        if source is None:
+            raise OSError("empty image field (no bytes and no path)")
+        image = Image.open(source)
+        image.load()  # decode now: truncated data fails here, not later in a transform
+        return image
+    return value
+
+
 def to_rgb_array(image) -> np.ndarray:
     """PIL image (any mode) or array -> HxWx3 uint8 RGB array."""
+    image = decode_image_field(image)
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
     array = np.asarray(image)
@@ -269,7 +286,7 @@ def to_rgb_array(image) -> np.ndarray:
 
 def to_label_array(label) -> np.ndarray:
     """PIL label (L or P; palette indices are the ids, so never converted to RGB) or array -> HxW uint8."""
-    array = np.asarray(label)
+    array = np.asarray(decode_image_field(label))
     if array.ndim != 2:
         raise ValueError(f"Expected a single-channel label, got shape {array.shape}.")
     return array.astype(np.uint8, copy=False)
@@ -293,6 +310,12 @@ class SegmentationCollator:
     bottom/right with 0 *after* normalisation (as mmseg's data preprocessor does) and labels with 255, to
     `pad_to` (H, W) when given (the crop size in training) and to the batch maximum otherwise. `pixel_mask`
     (B,H,W) marks the real pixels. Extra string columns listed in `keep_columns` are passed through as lists.
+
+    Bad samples (`on_bad_sample="skip"`, used in training): an image or label that does not decode, or a label whose
+    size differs from its image, is left out of the batch; label values that are neither a class id (< `num_labels`)
+    nor `ignore_index` are mapped to `ignore_index` (`invalid_labels="ignore"`) or make the sample bad
+    (`"skip"`). Each case is listed in `batch["bad_samples"]` (file name, problem, action) so the training loop can
+    count and report them. With `on_bad_sample="raise"` (the default) the first problem raises, naming the file.
     """
 
     def __init__(
@@ -303,7 +326,17 @@ class SegmentationCollator:
         std: Sequence[float] = IMAGENET_STD,
         keep_columns: Sequence[str] = ("file_name", "domain"),
         ignore_index: int = IGNORE_INDEX,
+        num_labels: int | None = None,
+        on_bad_sample: str = "raise",
+        invalid_labels: str = "ignore",
     ):
+        if on_bad_sample not in ("raise", "skip"):
+            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {on_bad_sample!r}.")
+        if invalid_labels not in ("ignore", "skip"):
+            raise ValueError(f"invalid_labels must be 'ignore' or 'skip', got {invalid_labels!r}.")
+        self.num_labels = num_labels
+        self.on_bad_sample = on_bad_sample
+        self.invalid_labels = invalid_labels
         self.transform = transform
         self.pad_to = (pad_to, pad_to) if isinstance(pad_to, int) else (tuple(pad_to) if pad_to else None)
         self.mean = tuple(mean)
@@ -311,15 +344,50 @@ class SegmentationCollator:
         self.keep_columns = tuple(keep_columns)
         self.ignore_index = ignore_index
 
-    def __call__(self, examples: Sequence[dict]) -> dict:
-        images, labels = [], []
-        for example in examples:
+    def _load(self, example: dict, bad_samples: list[dict]) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """Decode, check and transform one example; None when it is left out (recorded in `bad_samples`)."""
+        name = example.get("file_name", "<unnamed>")
+        try:
             image = to_rgb_array(example["image"])
             label = to_label_array(example["label"]) if example.get("label") is not None else None
-            if self.transform is not None:
-                image, label = self.transform(image, label)
-            images.append(image)
-            labels.append(label)
+            if label is not None and label.shape != image.shape[:2]:
+                raise ValueError(f"label size {label.shape[1]}x{label.shape[0]} differs from image size "
+                                 f"{image.shape[1]}x{image.shape[0]}")
+        except (OSError, ValueError, SyntaxError) as error:  # PIL raises all three for broken files
+            if self.on_bad_sample == "raise":
+                raise ValueError(f"Bad sample {name}: {error}") from error
+            bad_samples.append({"file_name": name, "problem": str(error), "action": "skipped"})
+            return None
+        if label is not None and self.num_labels is not None:
+            invalid = (label >= self.num_labels) & (label != self.ignore_index)
+            if invalid.any():
+                values = sorted(int(v) for v in np.unique(label[invalid]))
+                problem = f"label values {values[:10]} are not class ids (0..{self.num_labels - 1}) or {self.ignore_index}"
+                if self.on_bad_sample == "raise":
+                    raise ValueError(f"Bad sample {name}: {problem}")
+                if self.invalid_labels == "skip":
+                    bad_samples.append({"file_name": name, "problem": problem, "action": "skipped"})
+                    return None
+                label = np.where(invalid, self.ignore_index, label).astype(np.uint8)
+                bad_samples.append({"file_name": name, "problem": problem, "action": "mapped to ignore"})
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return image, label
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        images, labels, kept, bad_samples = [], [], [], []
+        for example in examples:
+            loaded = self._load(example, bad_samples)
+            if loaded is None:
+                continue
+            images.append(loaded[0])
+            labels.append(loaded[1])
+            kept.append(example)
+        if not images:  # every sample of the batch was bad: an empty batch the training loop skips
+            height, width = self.pad_to or (0, 0)
+            return {"pixel_values": torch.zeros((0, 3, height, width)), "pixel_mask": torch.zeros((0, height, width)),
+                    "labels": torch.zeros((0, height, width), dtype=torch.int64), "bad_samples": bad_samples}
+        examples = kept
 
         height = max(image.shape[0] for image in images)
         width = max(image.shape[1] for image in images)
@@ -343,6 +411,8 @@ class SegmentationCollator:
         for column in self.keep_columns:
             if all(column in example for example in examples):
                 batch[column] = [example[column] for example in examples]
+        if self.on_bad_sample == "skip":
+            batch["bad_samples"] = bad_samples
         return batch
 
     @property
