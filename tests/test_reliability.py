@@ -436,3 +436,24 @@ def test_a_crop_that_does_not_tile_into_patches_is_refused(tmp_path):
 
 # Model config validation (pyramid indices, token count, widths, patch size, ...) is tested in test_modeling.py
 # (test_invalid_configs_raise_clear_errors, test_mismatched_vit_pair_is_refused).
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Mixed precision: fp16 always comes with loss scaling
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU case: fp16 cannot be honoured there")
+def test_fp16_without_a_gpu_is_refused_instead_of_silently_training_in_fp32(tmp_path):
+    from depthforge_hf.training import TrainingConfig, make_accelerator
+
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device .* Use --mixed-precision bf16 or no"):
+        make_accelerator(TrainingConfig(output_dir=str(tmp_path), mixed_precision="fp16", report_to="none"))
+
+
+@pytest.mark.gpu
+def test_fp16_on_a_gpu_uses_loss_scaling(tmp_path):
+    from depthforge_hf.training import TrainingConfig, make_accelerator
+
+    accelerator = make_accelerator(TrainingConfig(output_dir=str(tmp_path), mixed_precision="fp16", report_to="none"))
+    assert isinstance(accelerator.scaler, torch.amp.GradScaler)

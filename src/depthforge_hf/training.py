@@ -618,17 +618,7 @@ def resolve_resume(config: TrainingConfig) -> str | None:
     return config.resume
 
 
-def train(config: TrainingConfig) -> dict:
-    """Run training; returns a summary (final step, evaluation results, paths)."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from .data.transforms import SegmentationCollator
-
-    os.makedirs(config.output_dir, exist_ok=True)
-    if not os.access(config.output_dir, os.W_OK):
-        raise PermissionError(f"Output directory {config.output_dir} is not writable; choose another --output-dir.")
-    trackers = resolve_trackers(config.report_to)
+def make_accelerator(config: TrainingConfig, trackers: list[str] | None = None) -> Accelerator:
     accelerator = Accelerator(
         log_with=trackers or None,
         project_dir=config.output_dir,
@@ -640,6 +630,27 @@ def train(config: TrainingConfig) -> dict:
         # Each process reads its own shards of the stream (no dispatching from rank 0, no double sharding).
         dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
     )
+    if config.mixed_precision == "fp16" and accelerator.scaler is None:
+        # accelerate silently trains in fp32 when fp16 is asked for on a device without fp16 autocast + loss scaling
+        raise ValueError(
+            f"--mixed-precision fp16 needs a CUDA device (fp16 autocast with loss scaling); this run is on "
+            f"{accelerator.device.type}. Use --mixed-precision bf16 or no."
+        )
+    return accelerator
+
+
+def train(config: TrainingConfig) -> dict:
+    """Run training; returns a summary (final step, evaluation results, paths)."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from .data.transforms import SegmentationCollator
+
+    os.makedirs(config.output_dir, exist_ok=True)
+    if not os.access(config.output_dir, os.W_OK):
+        raise PermissionError(f"Output directory {config.output_dir} is not writable; choose another --output-dir.")
+    trackers = resolve_trackers(config.report_to)
+    accelerator = make_accelerator(config, trackers)
     set_seed(config.seed)  # same seed everywhere: identical initial weights on every process
     model = build_model(config)
     if config.crop_size % model.config.patch_size:
