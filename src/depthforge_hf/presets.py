@@ -13,7 +13,7 @@ def paper_config(**overrides) -> DepthForgeConfig:
 
 
 def demo_config(**overrides) -> DepthForgeConfig:
-    """A small DepthForge (64-wide, 4-layer ViTs with patch 16, 32-wide head) that runs a 512x256 image on CPU in
+    """A small DepthForge (64-wide, 4-layer ViTs with patch 16, 64-wide head) that runs a 512x256 image on CPU in
     well under a second. Same architecture as the paper's model; random weights unless trained."""
     vit = dict(
         model_type="dinov2",
