@@ -445,15 +445,21 @@ def test_a_crop_that_does_not_tile_into_patches_is_refused(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU case: fp16 cannot be honoured there")
 def test_fp16_without_a_gpu_is_refused_instead_of_silently_training_in_fp32(tmp_path):
+    from accelerate.state import AcceleratorState
+
     from depthforge_hf.training import TrainingConfig, make_accelerator
 
+    AcceleratorState._reset_state(reset_partial_state=True)  # earlier tests in this process set up fp32 state
     with pytest.raises(ValueError, match="fp16 needs a CUDA device .* Use --mixed-precision bf16 or no"):
         make_accelerator(TrainingConfig(output_dir=str(tmp_path), mixed_precision="fp16", report_to="none"))
 
 
 @pytest.mark.gpu
 def test_fp16_on_a_gpu_uses_loss_scaling(tmp_path):
+    from accelerate.state import AcceleratorState
+
     from depthforge_hf.training import TrainingConfig, make_accelerator
 
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = make_accelerator(TrainingConfig(output_dir=str(tmp_path), mixed_precision="fp16", report_to="none"))
     assert isinstance(accelerator.scaler, torch.amp.GradScaler)
