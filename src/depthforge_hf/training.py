@@ -619,6 +619,12 @@ def resolve_resume(config: TrainingConfig) -> str | None:
 
 
 def make_accelerator(config: TrainingConfig, trackers: list[str] | None = None) -> Accelerator:
+    if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
+        # checked before accelerate's process-wide state is set up, which would then keep fp16 for this process
+        raise ValueError(
+            "--mixed-precision fp16 needs a CUDA device (fp16 autocast with loss scaling); this run is on the CPU. "
+            "Use --mixed-precision bf16 or no."
+        )
     accelerator = Accelerator(
         log_with=trackers or None,
         project_dir=config.output_dir,
