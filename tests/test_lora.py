@@ -85,6 +85,8 @@ def test_lora_trains_and_reloads_through_peft_with_identical_outputs(tmp_path):
     trained = eval_logits(model)
     assert not torch.equal(trained, untrained)
     model.save_pretrained(tmp_path / "lora")
+    with pytest.raises(ValueError, match="wrapped by peft"):
+        model.save_adapter(tmp_path / "not-this-way")  # (forwarded to the DepthForge model by peft)
     saved = load_file(tmp_path / "lora" / "adapter_model.safetensors")
     assert any("lora_B" in key for key in saved) and any("depthforge.tokens." in key for key in saved)
     assert not any("depthforge.depth_encoder" in key for key in saved)

@@ -1063,6 +1063,11 @@ class DepthForgeAdaptersMixin:
             if parts[name] is not None:
                 for key, tensor in parts[name].state_dict().items():
                     state[f"{prefix}.{key}"] = tensor
+        if any(".original_module." in key for key in state):
+            raise ValueError(
+                "This model is wrapped by peft (LoRA, the parts are peft `modules_to_save`): save and load it with "
+                "peft (`peft_model.save_pretrained`, `depthforge_hf.lora.load_lora`)."
+            )
         return state
 
     def save_adapter(self, save_directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
