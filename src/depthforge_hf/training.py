@@ -23,6 +23,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .lora import export_adapter
 from .metrics import confusion_matrix, scores_from_confusion
 from .modeling.modeling_depthforge import DepthForgeForSemanticSegmentation
 
@@ -40,6 +41,13 @@ class TrainingConfig:
     model: str = "demo"
     vfm: str | None = None  # pretrained DINOv2 (Hub id or folder), with `depth`, for `from_pretrained_backbones`
     depth: str | None = None
+    # adapters: a DepthForge adapter (`save_adapter` folder) or a peft LoRA adapter folder to continue from; a
+    # DepthForge adapter on a preset `model` brings its own recorded base models (`from_adapter`)
+    adapter: str | None = None
+    lora_rank: int = 0  # > 0: LoRA of this rank on the frozen ViTs' attention projections (peft)
+    lora_alpha: float | None = None  # LoRA scale alpha / rank; defaults to the rank
+    lora_targets: str = "vfm"  # "vfm" or "vfm,depth": which ViTs get LoRA
+    lora_projections: str = "q_proj,k_proj,v_proj"  # any of q_proj, k_proj, v_proj, o_proj
     # data: folders written by `depthforge prepare-data` or Hub dataset ids; None = the synthetic benchmark
     train_data: str | None = None
     train_split: str = "train"
@@ -125,6 +133,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if isinstance(module, nn.LayerNorm | nn.GroupNorm):
             no_decay.update(id(parameter) for parameter in module.parameters(recurse=False))
     for name, parameter in model.named_parameters():
+        # peft (LoRA) renames what it wraps: `base_model.model.<name>`, `<module>.modules_to_save.default.<param>`
+        name = name.removeprefix("base_model.model.").replace(".modules_to_save.default.", ".")
         short = name.rsplit(".", 1)[-1]
         if short.startswith("learnable_tokens") or name.endswith("tokens.scale"):
             no_decay.add(id(parameter))
@@ -164,7 +174,38 @@ def build_scheduler(optimizer, config: TrainingConfig) -> torch.optim.lr_schedul
     raise ValueError(f"schedule must be 'onecycle' or 'poly', got {config.schedule!r}.")
 
 
-def build_model(config: TrainingConfig, num_labels: int | None = None) -> DepthForgeForSemanticSegmentation:
+def build_model(config: TrainingConfig, num_labels: int | None = None):
+    """The model to train: the base (`build_base_model`), then `--adapter` loaded onto it and `--lora-rank` LoRA
+    injected (a peft `PeftModel` then)."""
+    from .lora import add_lora, is_lora_adapter, load_lora
+
+    lora_adapter = config.adapter is not None and is_lora_adapter(config.adapter)
+    if config.adapter and not lora_adapter and not (config.vfm or config.depth) and config.model in ("demo", "paper"):
+        with open(os.path.join(config.adapter, "adapter_config.json")) as handle:
+            recorded = json.load(handle)
+        if recorded.get("vfm_pretrained_id") or recorded.get("base_model_name_or_path"):
+            model = DepthForgeForSemanticSegmentation.from_adapter(config.adapter)
+            return add_lora(model, **lora_arguments(config)) if config.lora_rank else model
+    model = build_base_model(config, num_labels)
+    if lora_adapter:
+        if config.lora_rank:
+            raise ValueError(f"--adapter {config.adapter} already holds LoRA weights; drop --lora-rank to continue it.")
+        return load_lora(model, config.adapter, is_trainable=True)
+    if config.adapter:
+        model.load_adapter(config.adapter)  # replaces the "default" adapter (tokens and head)
+    return add_lora(model, **lora_arguments(config)) if config.lora_rank else model
+
+
+def lora_arguments(config: TrainingConfig) -> dict:
+    return dict(
+        rank=config.lora_rank,
+        alpha=config.lora_alpha,
+        vits=tuple(item.strip() for item in config.lora_targets.split(",") if item.strip()),
+        projections=tuple(item.strip() for item in config.lora_projections.split(",") if item.strip()),
+    )
+
+
+def build_base_model(config: TrainingConfig, num_labels: int | None = None) -> DepthForgeForSemanticSegmentation:
     from .presets import demo_config, paper_config
 
     if config.vfm or config.depth:
@@ -854,16 +895,19 @@ def results_table(results: dict, baseline: dict | None = None) -> str:
 
 def export_run(model, config: TrainingConfig, results: dict, history: list[dict], eval_sets: dict) -> dict:
     """Model directory, evaluation report, training curve and a prediction overlay."""
+    model = export_adapter(model, os.path.join(config.output_dir, "adapter"))  # adapter only; LoRA merged below
     model_dir = os.path.join(config.output_dir, "model")
     save_model_dir(model, model_dir)
     paths = {"model_dir": model_dir}
     best = read_best(config.output_dir)
-    if best is not None and best["step"] != config.max_steps:
-        # the best periodic evaluation as a model too: its trainable weights on the same frozen encoders
+    best_weights = os.path.join(config.output_dir, "best", "trainable.safetensors")
+    parameters = dict(model.named_parameters())
+    if best is not None and best["step"] != config.max_steps and set(load_file(best_weights)) <= set(parameters):
+        # The best periodic evaluation as a model too: its trainable weights on the same frozen encoders. (LoRA runs
+        # keep it in `best/` only: their exported model has the LoRA merged, under other parameter names.)
         current = trainable_state(model)
-        parameters = dict(model.named_parameters())
         with torch.no_grad():
-            for name, tensor in load_file(os.path.join(config.output_dir, "best", "trainable.safetensors")).items():
+            for name, tensor in load_file(best_weights).items():
                 parameters[name].copy_(tensor)
             save_model_dir(model, os.path.join(config.output_dir, "model-best"))
             for name, tensor in current.items():

@@ -7,11 +7,16 @@ transformers counterpart (the depth-aware tokens, the ViT pyramid, the depth ref
 queries) is written here from the official code's equations (see `../shared/spec/method.md` in the repository).
 """
 
+import copy
+import json
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import hf_hub_download
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoBackbone, AutoModelForDepthEstimation, Dinov2Backbone, PreTrainedModel
@@ -438,6 +443,28 @@ class DepthForgePreTrainedModel(PreTrainedModel):
             self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @staticmethod
+    def _is_adapter_folder(source, kwargs: dict) -> bool:
+        """Whether transformers will treat `source` as an adapter (its `adapter_config.json` names the base)."""
+        if (kwargs.get("adapter_kwargs") or {}).get("_adapter_model_path"):  # the Auto classes resolved it already
+            return True
+        if source is None:
+            return False
+        source = str(source)
+        if os.path.isdir(source):
+            subfolder = kwargs.get("subfolder") or ""
+            return os.path.isfile(os.path.join(source, subfolder, "adapter_config.json"))
+        from transformers.utils.peft_utils import find_adapter_config_file
+
+        try:
+            return find_adapter_config_file(
+                source, revision=kwargs.get("revision"), token=kwargs.get("token"),
+                cache_dir=kwargs.get("cache_dir"), local_files_only=kwargs.get("local_files_only", False),
+                subfolder=kwargs.get("subfolder") or "",
+            ) is not None
+        except Exception:  # unreachable Hub or unknown id: transformers reports it when it loads
+            return False
+
     @classmethod
     def from_pretrained(cls, *args, allow_partial_load: bool = False, **kwargs):
         """`PreTrainedModel.from_pretrained`, made strict, then re-freeze the foundation models.
@@ -448,6 +475,16 @@ class DepthForgePreTrainedModel(PreTrainedModel):
         with `output_loading_info=True` the lists are returned. (The re-freeze is needed because transformers'
         loader replaces every parameter with a new one whose `requires_grad` is True.)
         """
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        if cls._is_adapter_folder(source, kwargs):
+            # transformers loads the base named in the adapter (through this method, strictly), then `load_adapter`
+            # (strict as well); it has no loading info of its own to report
+            loaded = super().from_pretrained(*args, **kwargs)
+            model = loaded[0] if isinstance(loaded, tuple) else loaded
+            for module in model.modules():
+                if isinstance(module, DepthForgeModel):
+                    module.freeze_foundation_models()
+            return loaded
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         problems = {
@@ -601,12 +638,14 @@ class DepthForgeModel(DepthForgePreTrainedModel):
         self.depth_encoder.eval()
         return self
 
-    @torch.no_grad()
     def depth_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs of the embeddings and of every depth-encoder block (pre-norm, with cls), without autograd."""
-        states = [embed_image(self.depth_encoder.embeddings, pixel_values, self.patch_size)]
-        for layer in self.depth_encoder.encoder.layer:
-            states.append(layer(states[-1]))
+        """Outputs of the embeddings and of every depth-encoder block (pre-norm, with cls), without autograd unless
+        some depth-encoder parameter trains (LoRA on the depth encoder, `depthforge_hf.lora`)."""
+        trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.depth_encoder.parameters())
+        with torch.set_grad_enabled(trains):
+            states = [embed_image(self.depth_encoder.embeddings, pixel_values, self.patch_size)]
+            for layer in self.depth_encoder.encoder.layer:
+                states.append(layer(states[-1]))
         return states
 
     def _block_with_tokens(self, hidden_states, depth_states, layer_index):
@@ -662,20 +701,604 @@ class DepthForgeModel(DepthForgePreTrainedModel):
         )
 
 
-class DepthForgeForSemanticSegmentation(DepthForgePreTrainedModel):
+# ----------------------------------------------------------------------------------------------------------------------
+# Adapters: the trainable parts as named, swappable, saveable units with peft's interface and on-disk layout
+# ----------------------------------------------------------------------------------------------------------------------
+#
+# A DepthForge adapter is everything that trains: the depth-aware tokens (`depthforge.tokens`), the depth refinement
+# decoder (`refinement`), the pixel decoder and the transformer decoder (query projection, masked-attention layers,
+# class head), plus the config fields that shape them (`ADAPTER_CONFIG_FIELDS`: token count and rank, head sizes,
+# classes, loss weights). The frozen ViTs are the base model, shared by all adapters. peft's method registry is a
+# closed enum, so these are native modules with peft's method names and file layout rather than a peft tuner; LoRA on
+# the ViTs goes through real peft (`depthforge_hf.lora`). Only the active adapter is part of the module tree (and so
+# of `parameters()`, `state_dict()` and `save_pretrained`); the others are kept aside and follow `.to()`.
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_TYPE = "DEPTHFORGE"
+ADAPTER_FORMAT_VERSION = 1
+DEFAULT_ADAPTER_NAME = "default"
+
+# Part name -> where the part lives in the model. Adapter files use the model's own tensor names (a subset of a full
+# checkpoint's keys). The loss has no weights but depends on the classes, so it switches with the adapter.
+ADAPTER_MODULE_PATHS = {
+    "tokens": "depthforge.tokens",
+    "refinement": "refinement",
+    "pixel_decoder": "pixel_decoder",
+    "transformer_decoder": "transformer_decoder",
+}
+
+# DepthForgeConfig fields that belong to an adapter: each adapter has its own, and switching adapters switches them.
+ADAPTER_CONFIG_FIELDS = (
+    "num_tokens",
+    "token_rank",
+    "token_scale_init",
+    "link_tokens_to_queries",
+    "out_indices",
+    "feature_size",
+    "encoder_layers",
+    "decoder_layers",
+    "num_feature_levels",
+    "num_attention_heads",
+    "num_deformable_points",
+    "encoder_feedforward_dim",
+    "decoder_feedforward_dim",
+    "group_norm_groups",
+    "use_depth_refinement",
+    "refinement_reduction",
+    "class_weight",
+    "mask_weight",
+    "dice_weight",
+    "no_object_weight",
+    "train_num_points",
+    "oversample_ratio",
+    "importance_sample_ratio",
+    "ignore_index",
+    "id2label",
+)
+# Fields of the frozen base model (shared by every adapter) and test-protocol settings (a runtime choice that stays
+# with the model). Every DepthForgeConfig field is in exactly one of the three lists (checked by the tests).
+BASE_CONFIG_FIELDS = (
+    "vfm_config",
+    "depth_config",
+    "patch_size",
+    "initializer_range",
+    "vfm_pretrained_id",
+    "vfm_pretrained_revision",
+    "depth_pretrained_id",
+    "depth_pretrained_revision",
+)
+RUNTIME_CONFIG_FIELDS = (
+    "inference_mode",
+    "inference_window_size",
+    "inference_stride",
+    "inference_window_batch_size",
+)
+
+
+def build_head_modules(config: DepthForgeConfig) -> dict[str, nn.Module | None]:
+    """The refinement decoder (None when `use_depth_refinement` is off), pixel decoder, transformer decoder and loss of
+    a DepthForge segmenter for `config`, as built by its `__init__` (and by `add_adapter` / `load_adapter`)."""
+    component_config = mask2former_component_config(config)
+    width = config.vfm_config.hidden_size
+    return {
+        "refinement": (
+            DepthForgeRefinementDecoder(width, config.refinement_reduction) if config.use_depth_refinement else None
+        ),
+        "pixel_decoder": DepthForgePixelDecoder(component_config, [width] * 4, config.group_norm_groups),
+        "transformer_decoder": DepthForgeMaskedAttentionDecoder(config, component_config),
+        "criterion": DepthForgeLoss(component_config, num_queries=config.num_queries),
+    }
+
+
+def base_architecture(config: DepthForgeConfig) -> dict:
+    """What an adapter depends on in the frozen base: widths, depths and patch sizes of both ViTs (and the training
+    image size, which `from_adapter` needs to rebuild the position tables)."""
+    vfm, depth = config.vfm_config, config.depth_backbone_config
+    return {
+        "vfm_hidden_size": vfm.hidden_size,
+        "vfm_num_hidden_layers": vfm.num_hidden_layers,
+        "vfm_patch_size": vfm.patch_size,
+        "depth_hidden_size": depth.hidden_size,
+        "depth_num_hidden_layers": depth.num_hidden_layers,
+        "depth_patch_size": depth.patch_size,
+        "patch_size": config.patch_size,
+        "image_size": vfm.image_size,
+    }
+
+
+# The architecture entries that must match for an adapter to load (image_size only matters to `from_adapter`).
+CHECKED_BASE_ARCHITECTURE = (
+    "vfm_hidden_size",
+    "vfm_num_hidden_layers",
+    "vfm_patch_size",
+    "depth_hidden_size",
+    "depth_num_hidden_layers",
+    "depth_patch_size",
+    "patch_size",
+)
+
+
+def adapter_settings(config: DepthForgeConfig) -> dict:
+    """The `ADAPTER_CONFIG_FIELDS` values of `config` (a detached copy)."""
+    settings = {name: copy.deepcopy(getattr(config, name)) for name in ADAPTER_CONFIG_FIELDS}
+    settings["id2label"] = {int(index): label for index, label in settings["id2label"].items()}
+    settings["out_indices"] = list(settings["out_indices"])
+    return settings
+
+
+def resolve_adapter_file(
+    adapter_name_or_path: str | os.PathLike,
+    filename: str,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    subfolder: str | None = None,
+) -> str:
+    """A file of an adapter folder or Hub repository (downloaded through huggingface_hub, which honours offline mode)."""
+    if os.path.isdir(adapter_name_or_path):
+        path = os.path.join(adapter_name_or_path, subfolder or "", filename)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{adapter_name_or_path} has no {os.path.join(subfolder or '', filename)}: an adapter folder holds "
+                f"{ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME} (written by `save_adapter`)."
+            )
+        return path
+    name = str(adapter_name_or_path)
+    if os.path.exists(name) or os.path.isabs(name) or name.startswith((".", "~")):
+        raise FileNotFoundError(f"{name} is not an adapter folder (a folder written by `save_adapter`).")
+    return hf_hub_download(
+        name,
+        filename,
+        subfolder=subfolder,
+        revision=revision,
+        token=token,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+    )
+
+
+def read_adapter_config(path: str, source: str) -> dict:
+    """Parse and validate an `adapter_config.json`; LoRA (peft) adapters are pointed to `depthforge_hf.lora`."""
+    with open(path, encoding="utf-8") as handle:
+        document = json.load(handle)
+    if document.get("adapter_type") != ADAPTER_TYPE:
+        if "peft_type" in document:
+            raise ValueError(
+                f"{source} is a peft {document['peft_type']} adapter, not a DepthForge adapter: load it with "
+                "`depthforge_hf.lora.load_lora(model, path)` (or `peft.PeftModel.from_pretrained`)."
+            )
+        raise ValueError(f"{source}/{ADAPTER_CONFIG_NAME} is not a DepthForge adapter config (no adapter_type).")
+    if document.get("format_version") != ADAPTER_FORMAT_VERSION:
+        raise ValueError(
+            f"{source} has adapter format version {document.get('format_version')!r}; this code reads version "
+            f"{ADAPTER_FORMAT_VERSION}. Upgrade depthforge-hf."
+        )
+    settings = document.get("config", {})
+    missing = [name for name in ADAPTER_CONFIG_FIELDS if name not in settings]
+    unknown = sorted(set(settings) - set(ADAPTER_CONFIG_FIELDS))
+    if missing or unknown:
+        raise ValueError(f"{source}/{ADAPTER_CONFIG_NAME}: config fields missing {missing}, unknown {unknown}.")
+    settings["id2label"] = {int(index): label for index, label in settings["id2label"].items()}
+    return document
+
+
+class DepthForgeAdapter(nn.Module):
+    """An adapter that is not active: its trainable parts and loss (`parts`, keyed like `ADAPTER_MODULE_PATHS` plus
+    `criterion`) and its config fields (`settings`). Kept outside the model's module tree."""
+
+    def __init__(self, parts: dict[str, nn.Module | None], settings: dict):
+        super().__init__()
+        self.parts = nn.ModuleDict({name: module for name, module in parts.items() if module is not None})
+        self.settings = settings
+
+    def part(self, name: str) -> nn.Module | None:
+        return self.parts[name] if name in self.parts else None
+
+
+def load_adapter_tensors(parts: dict[str, nn.Module | None], state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy an adapter file's tensors into freshly built parts, strictly: every tensor the parts have must be there
+    with its shape, and nothing else may be."""
+    expected = {}
+    for name, prefix in ADAPTER_MODULE_PATHS.items():
+        if parts[name] is not None:
+            for key, tensor in parts[name].state_dict().items():
+                expected[f"{prefix}.{key}"] = tensor
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"The adapter at {source} does not match its own config: missing tensors {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}, unexpected tensors {unexpected[:10]}"
+            f"{' ...' if len(unexpected) > 10 else ''} (a frozen-ViT tensor or a part that config disables?)."
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ValueError(
+                f"The adapter at {source} has {key} of shape {tuple(tensor.shape)}, but its config "
+                f"({ADAPTER_CONFIG_NAME}: num_tokens, token_rank, feature_size, id2label, ...) gives "
+                f"{tuple(expected[key].shape)}."
+            )
+    with torch.no_grad():
+        for key, tensor in state.items():
+            expected[key].copy_(tensor)
+
+
+def copy_checkpointing_flags(source: nn.Module, target: nn.Module) -> None:
+    """Carry activation-checkpointing settings (`gradient_checkpointing` flags that `activation_checkpointing_enable`
+    sets on modules) from the outgoing adapter to the incoming one, module by module where the names agree."""
+    flags = {name: module for name, module in source.named_modules() if hasattr(module, "gradient_checkpointing")}
+    if not flags:
+        return
+    for name, module in target.named_modules():
+        if hasattr(module, "gradient_checkpointing"):
+            flag = flags.get(name, next(iter(flags.values())))
+            module.gradient_checkpointing = flag.gradient_checkpointing
+            if hasattr(flag, "_gradient_checkpointing_func"):
+                module._gradient_checkpointing_func = flag._gradient_checkpointing_func
+
+
+class DepthForgeAdaptersMixin:
+    """peft-style adapter management for `DepthForgeForSemanticSegmentation` (see the comment above).
+
+    The adapter a model is created or loaded with is named `"default"`. These methods replace transformers'
+    `PeftAdapterMixin` methods of the same names on this model; LoRA goes through `depthforge_hf.lora`.
+    """
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------------
+
+    def _stored_adapters(self) -> dict[str, DepthForgeAdapter]:
+        # A plain dict in __dict__, so that inactive adapters are not submodules (not in parameters/state_dict).
+        return self.__dict__.setdefault("_depthforge_stored_adapters", {})
+
+    @property
+    def active_adapter(self) -> str:
+        """Name of the adapter whose parts are in the model."""
+        return self.__dict__.get("_depthforge_active_adapter", DEFAULT_ADAPTER_NAME)
+
+    def active_adapters(self) -> list[str]:
+        return [self.active_adapter]
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """All adapters of the model, the active one first."""
+        return [self.active_adapter, *sorted(self._stored_adapters())]
+
+    def _active_parts(self) -> dict[str, nn.Module | None]:
+        return {
+            "tokens": self.depthforge.tokens,
+            "refinement": self.refinement,
+            "pixel_decoder": self.pixel_decoder,
+            "transformer_decoder": self.transformer_decoder,
+            "criterion": self.criterion,
+        }
+
+    def _attach_parts(self, parts: dict[str, nn.Module | None], settings: dict) -> None:
+        """Put an adapter's parts into the model and its fields into the config."""
+        self.depthforge.tokens = parts["tokens"]
+        self.refinement = parts["refinement"]
+        self.pixel_decoder = parts["pixel_decoder"]
+        self.transformer_decoder = parts["transformer_decoder"]
+        self.criterion = parts["criterion"]
+        for name, value in settings.items():
+            setattr(self.config, name, copy.deepcopy(value))
+        self.config.label2id = {label: index for index, label in self.config.id2label.items()}
+        self.depthforge.out_indices = list(settings["out_indices"])
+
+    def _adapter_parts(self, adapter_name: str) -> dict[str, nn.Module | None]:
+        if adapter_name == self.active_adapter:
+            return self._active_parts()
+        stored = self._stored_adapters().get(adapter_name)
+        if stored is None:
+            raise ValueError(f"No adapter named {adapter_name!r}; the model has {self.adapter_names}.")
+        return {name: stored.part(name) for name in (*ADAPTER_MODULE_PATHS, "criterion")}
+
+    def _adapter_settings(self, adapter_name: str) -> dict:
+        if adapter_name == self.active_adapter:
+            return adapter_settings(self.config)
+        self._adapter_parts(adapter_name)  # raises for unknown names
+        return copy.deepcopy(self._stored_adapters()[adapter_name].settings)
+
+    def _config_with_settings(self, settings: dict) -> DepthForgeConfig:
+        """The model's config with an adapter's fields, validated like any DepthForgeConfig."""
+        values = self.config.to_dict()
+        values.update(copy.deepcopy(settings))
+        values["label2id"] = {label: index for index, label in settings["id2label"].items()}
+        return DepthForgeConfig.from_dict(values)
+
+    def _build_parts(self, config: DepthForgeConfig, initialise: bool) -> dict[str, nn.Module | None]:
+        """Fresh adapter parts for `config` on the model's device and dtype, with the official initialisation when
+        `initialise` (otherwise every tensor is about to be loaded)."""
+        parts = {"tokens": DepthForgeTokens(config), **build_head_modules(config)}
+        if initialise:
+            for part in parts.values():
+                for module in part.modules() if part is not None else ():
+                    self._init_weights(module)
+            # `_init_weights` reads the token scale from the model's config, not the adapter's
+            with torch.no_grad():
+                parts["tokens"].scale.fill_(config.token_scale_init)
+        reference = self.depthforge.tokens.scale
+        for part in parts.values():
+            if part is not None:
+                part.to(device=reference.device, dtype=reference.dtype).train(self.training)
+        return parts
+
+    def _store(self, adapter_name: str, parts: dict[str, nn.Module | None], settings: dict) -> None:
+        """Register an adapter under `adapter_name`, replacing an existing one of that name (made active at once if the
+        replaced one was active)."""
+        if adapter_name == self.active_adapter:
+            outgoing = DepthForgeAdapter(self._active_parts(), adapter_settings(self.config))
+            self._attach_parts(parts, settings)
+            copy_checkpointing_flags(outgoing, DepthForgeAdapter(parts, settings))
+        else:
+            self._stored_adapters()[adapter_name] = DepthForgeAdapter(parts, settings)
+
+    @staticmethod
+    def _check_adapter_name(adapter_name) -> None:
+        if not isinstance(adapter_name, str) or not adapter_name:
+            raise ValueError(f"An adapter name must be a non-empty string, got {adapter_name!r}.")
+
+    def _apply(self, fn, recurse=True):
+        """`.to()`, `.cuda()`, `.half()`... also move and cast the inactive adapters."""
+        super()._apply(fn, recurse)
+        for adapter in self._stored_adapters().values():
+            adapter._apply(fn, recurse)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for adapter in self._stored_adapters().values():
+            adapter.train(mode)
+        return self
+
+    # -- peft-style API ------------------------------------------------------------------------------------------
+
+    def add_adapter(self, adapter_name: str, **config_overrides) -> None:
+        """Add a freshly initialised adapter named `adapter_name` (not activated, as in peft: call `set_adapter`).
+
+        It has the active adapter's config fields, updated by `config_overrides` (any of `ADAPTER_CONFIG_FIELDS`, e.g.
+        `id2label={0: "road", 1: "car"}` or `num_labels=5` for a new class set, `num_tokens=50`), and is initialised
+        as a new model's tokens and head are.
+        """
+        self._check_adapter_name(adapter_name)
+        if adapter_name in self.adapter_names:
+            raise ValueError(f"The model already has an adapter named {adapter_name!r}; delete it first.")
+        if "num_labels" in config_overrides:
+            num_labels = config_overrides.pop("num_labels")
+            config_overrides.setdefault("id2label", {index: f"LABEL_{index}" for index in range(num_labels)})
+        unknown = sorted(set(config_overrides) - set(ADAPTER_CONFIG_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"add_adapter got {unknown}, which are not adapter settings; adapters can set {list(ADAPTER_CONFIG_FIELDS)} "
+                "(and num_labels). The frozen base (ViTs, patch size) is shared by all adapters."
+            )
+        settings = adapter_settings(self.config)
+        settings.update(copy.deepcopy(config_overrides))
+        settings["id2label"] = {int(index): label for index, label in settings["id2label"].items()}
+        config = self._config_with_settings(settings)
+        self._store(adapter_name, self._build_parts(config, initialise=True), adapter_settings(config))
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make `adapter_name` the active adapter: its parts go into the model and its fields into `model.config`.
+
+        The frozen ViTs are untouched. Build the optimizer after switching (the trainable parameters are the active
+        adapter's); switch before wrapping the model (DDP, `accelerator.prepare`, peft).
+        """
+        self._check_adapter_name(adapter_name)
+        if adapter_name == self.active_adapter:
+            return
+        stored = self._stored_adapters()
+        if adapter_name not in stored:
+            raise ValueError(f"No adapter named {adapter_name!r}; the model has {self.adapter_names}.")
+        outgoing = DepthForgeAdapter(self._active_parts(), adapter_settings(self.config))
+        incoming = stored.pop(adapter_name)
+        self._attach_parts(
+            {name: incoming.part(name) for name in (*ADAPTER_MODULE_PATHS, "criterion")}, incoming.settings
+        )
+        copy_checkpointing_flags(outgoing, incoming)
+        stored[self.active_adapter] = outgoing
+        self.__dict__["_depthforge_active_adapter"] = adapter_name
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an inactive adapter (the active one holds the model's head: switch to another first)."""
+        if adapter_name == self.active_adapter:
+            raise ValueError(
+                f"{adapter_name!r} is the active adapter; `set_adapter` another one ({self.adapter_names[1:]}) before "
+                "deleting it."
+            )
+        if adapter_name not in self._stored_adapters():
+            raise ValueError(f"No adapter named {adapter_name!r}; the model has {self.adapter_names}.")
+        del self._stored_adapters()[adapter_name]
+
+    def get_adapter_state_dict(self, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+        """The tensors of an adapter (the active one by default) under the model's own names."""
+        adapter_name = self.active_adapter if adapter_name is None else adapter_name
+        parts = self._adapter_parts(adapter_name)
+        state = {}
+        for name, prefix in ADAPTER_MODULE_PATHS.items():
+            if parts[name] is not None:
+                for key, tensor in parts[name].state_dict().items():
+                    state[f"{prefix}.{key}"] = tensor
+        if any(".original_module." in key for key in state):
+            raise ValueError(
+                "This model is wrapped by peft (LoRA, the parts are peft `modules_to_save`): save and load it with "
+                "peft (`peft_model.save_pretrained`, `depthforge_hf.lora.load_lora`)."
+            )
+        return state
+
+    def save_adapter(self, save_directory: str | os.PathLike, adapter_name: str = DEFAULT_ADAPTER_NAME) -> None:
+        """Write an adapter as peft does: `adapter_config.json` (base models, their architecture, the adapter's config
+        fields) and `adapter_model.safetensors` (only the adapter's tensors). Each file is written atomically."""
+        settings = self._adapter_settings(adapter_name)
+        state = {
+            key: tensor.detach().cpu().contiguous() for key, tensor in self.get_adapter_state_dict(adapter_name).items()
+        }
+        counts = {
+            prefix: sum(t.numel() for key, t in state.items() if key.startswith(prefix + "."))
+            for prefix in ADAPTER_MODULE_PATHS.values()
+        }
+        config = self.config
+        document = {
+            "adapter_type": ADAPTER_TYPE,
+            "format_version": ADAPTER_FORMAT_VERSION,
+            # peft's key: the full DepthForge model this adapter was trained on, when it was loaded from one.
+            "base_model_name_or_path": getattr(self, "name_or_path", None) or None,
+            "revision": None,
+            "vfm_pretrained_id": config.vfm_pretrained_id,
+            "vfm_pretrained_revision": config.vfm_pretrained_revision,
+            "depth_pretrained_id": config.depth_pretrained_id,
+            "depth_pretrained_revision": config.depth_pretrained_revision,
+            "base_architecture": base_architecture(config),
+            "modules": [prefix for prefix in ADAPTER_MODULE_PATHS.values() if counts[prefix]],
+            "num_parameters": counts,
+            "config": {**settings, "id2label": {str(k): v for k, v in settings["id2label"].items()}},
+        }
+        os.makedirs(save_directory, exist_ok=True)
+        temporary = os.path.join(save_directory, f".{ADAPTER_WEIGHTS_NAME}.tmp-{os.getpid()}")
+        save_file(state, temporary, metadata={"format": "pt"})
+        os.replace(temporary, os.path.join(save_directory, ADAPTER_WEIGHTS_NAME))
+        temporary = os.path.join(save_directory, f".{ADAPTER_CONFIG_NAME}.tmp-{os.getpid()}")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2)
+            handle.write("\n")
+        os.replace(temporary, os.path.join(save_directory, ADAPTER_CONFIG_NAME))
+
+    def _check_adapter_base(self, document: dict, source: str) -> None:
+        """The adapter's recorded base architecture must be this model's; differing pretrained ids are a warning."""
+        recorded, current = document.get("base_architecture", {}), base_architecture(self.config)
+        mismatches = [
+            f"{key} {recorded.get(key)} (model: {current[key]})"
+            for key in CHECKED_BASE_ARCHITECTURE
+            if recorded.get(key) != current[key]
+        ]
+        if mismatches:
+            base = ", ".join(
+                f"{document.get(f'{kind}_pretrained_id')}@{document.get(f'{kind}_pretrained_revision') or 'main'}"
+                for kind in ("vfm", "depth")
+            )
+            raise ValueError(
+                f"The adapter at {source} was trained on a different base model: {'; '.join(mismatches)}. Load it onto "
+                f"a model with the same frozen ViTs (recorded base: {base}), e.g. with "
+                "`DepthForgeForSemanticSegmentation.from_adapter(path)`."
+            )
+        for kind in ("vfm", "depth"):
+            for field_name in (f"{kind}_pretrained_id", f"{kind}_pretrained_revision"):
+                theirs, ours = document.get(field_name), getattr(self.config, field_name)
+                if theirs is not None and ours is not None and theirs != ours:
+                    logger.warning(
+                        f"The adapter at {source} was trained with {field_name}={theirs!r}, this model has {ours!r}: "
+                        "the shapes match, but the tokens and head were trained against other frozen weights."
+                    )
+
+    def load_adapter(
+        self,
+        adapter_name_or_path: str | os.PathLike,
+        adapter_name: str | None = DEFAULT_ADAPTER_NAME,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        subfolder: str | None = None,
+        adapter_kwargs: dict | None = None,
+        load_config=None,
+    ) -> None:
+        """Load an adapter written by `save_adapter` (a folder or a Hub repository id) under `adapter_name`.
+
+        An existing adapter of that name is replaced: `load_adapter(path)` swaps the model's `"default"` adapter, and a
+        new name adds an inactive adapter (`set_adapter` activates it). Loading is strict: the base architecture must
+        match, and a missing, unexpected or mis-shaped tensor is an error naming it. (`adapter_kwargs`/`load_config`
+        are what transformers' `from_pretrained` passes when it finds an `adapter_config.json`.)
+        """
+        adapter_name = DEFAULT_ADAPTER_NAME if adapter_name is None else adapter_name
+        self._check_adapter_name(adapter_name)
+        hub = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+        for key, value in (adapter_kwargs or {}).items():
+            if key in hub and value is not None:
+                hub[key] = value
+        source = str(adapter_name_or_path) if subfolder is None else f"{adapter_name_or_path}/{subfolder}"
+        config_path = resolve_adapter_file(adapter_name_or_path, ADAPTER_CONFIG_NAME, subfolder=subfolder, **hub)
+        document = read_adapter_config(config_path, source)
+        self._check_adapter_base(document, source)
+        config = self._config_with_settings(document["config"])
+        parts = self._build_parts(config, initialise=False)
+        weights_path = resolve_adapter_file(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, subfolder=subfolder, **hub)
+        load_adapter_tensors(parts, load_file(weights_path), source)
+        self._store(adapter_name, parts, adapter_settings(config))
+
+    @classmethod
+    def from_adapter(
+        cls,
+        adapter_name_or_path: str | os.PathLike,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        subfolder: str | None = None,
+    ):
+        """A full model from an adapter alone: the pinned base models it records (`vfm_pretrained_id` +
+        `depth_pretrained_id` with their revisions, through `from_pretrained_backbones`, or else the full model
+        `base_model_name_or_path`) with the adapter loaded as `"default"`."""
+        hub = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+        source = str(adapter_name_or_path)
+        document = read_adapter_config(
+            resolve_adapter_file(adapter_name_or_path, ADAPTER_CONFIG_NAME, subfolder=subfolder, **hub), source
+        )
+        architecture = document["base_architecture"]
+        settings = dict(document["config"])
+        if document.get("vfm_pretrained_id") and document.get("depth_pretrained_id"):
+            model = cls.from_pretrained_backbones(
+                document["vfm_pretrained_id"],
+                document["depth_pretrained_id"],
+                image_size=architecture["image_size"],
+                patch_size=architecture["patch_size"],
+                vfm_revision=document.get("vfm_pretrained_revision"),
+                depth_revision=document.get("depth_pretrained_revision"),
+                **settings,
+            )
+        elif document.get("base_model_name_or_path"):
+            model = cls.from_pretrained(document["base_model_name_or_path"], revision=document.get("revision"))
+        else:
+            raise ValueError(
+                f"The adapter at {source} records no base model (it was trained on randomly initialised or unnamed "
+                "ViTs); build the base yourself and call `model.load_adapter(path)`."
+            )
+        model.load_adapter(adapter_name_or_path, DEFAULT_ADAPTER_NAME, subfolder=subfolder, **hub)
+        return model
+
+    # -- trainable-parameter report ------------------------------------------------------------------------------
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, all) parameter counts, as peft's method of the same name."""
+        parameters = list(self.parameters())
+        return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
+
+    def print_trainable_parameters(self) -> None:
+        """peft's one-line summary, then the per-part breakdown (`parameter_breakdown`)."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
+        breakdown = self.parameter_breakdown()
+        width = max(len(name) for name in breakdown)
+        for name, counts in breakdown.items():
+            print(f"  {name:<{width}}  trainable {counts['trainable']:>13,d}  frozen {counts['frozen']:>13,d}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------- end of adapters
+
+
+class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTrainedModel):
     """DepthForge with its depth refinement decoder and Mask2Former head, for semantic segmentation."""
 
     def __init__(self, config: DepthForgeConfig):
         super().__init__(config)
         self.depthforge = DepthForgeModel(config)
-        component_config = mask2former_component_config(config)
-        width = config.vfm_config.hidden_size
-        self.refinement = (
-            DepthForgeRefinementDecoder(width, config.refinement_reduction) if config.use_depth_refinement else None
-        )
-        self.pixel_decoder = DepthForgePixelDecoder(component_config, [width] * 4, config.group_norm_groups)
-        self.transformer_decoder = DepthForgeMaskedAttentionDecoder(config, component_config)
-        self.criterion = DepthForgeLoss(component_config, num_queries=config.num_queries)
+        # one builder for the model's head and for adapters (`add_adapter`, `load_adapter`)
+        head = build_head_modules(config)
+        self.refinement = head["refinement"]
+        self.pixel_decoder = head["pixel_decoder"]
+        self.transformer_decoder = head["transformer_decoder"]
+        self.criterion = head["criterion"]
         self.post_init()
 
     def parameter_breakdown(self) -> dict[str, dict[str, int]]:
