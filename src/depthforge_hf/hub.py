@@ -96,7 +96,8 @@ def write_model_repo(
     try:
         network.save_pretrained(staging)  # safetensors, code files and auto_map (registered by `import depthforge_hf`)
         processor.save_pretrained(staging)
-        card = render_model_card(network, document, training_config, repo_id=repo_id, base_models=base_models)
+        card = render_model_card(network, document, training_config, repo_id=repo_id, base_models=base_models,
+                                 processor=processor)
         write_file_atomically(str(staging / "README.md"), str(card))
         if document is not None:
             write_file_atomically(str(staging / "evaluation.json"), json.dumps(document, indent=2) + "\n")

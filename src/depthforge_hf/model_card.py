@@ -173,6 +173,15 @@ def _architecture(config) -> list[tuple[str, str]]:
     ]
 
 
+def _preprocessing(processor) -> str:
+    size = dict(getattr(processor, "size", None) or {"shortest_edge": 512, "longest_edge": 1024})
+    if not getattr(processor, "do_resize", True):
+        return "no resize"
+    if "shortest_edge" in size and "longest_edge" in size:
+        return f"keep-ratio resize to ({size['longest_edge']}, {size['shortest_edge']})"
+    return f"resize to {size}"
+
+
 def _dataset_label(source: str | None, domain: str) -> str:
     if source is None:
         return domain
@@ -244,6 +253,7 @@ def render_model_card(
     training_config: dict | None = None,
     repo_id: str | None = None,
     base_models: list[BaseModel] | None = None,
+    processor=None,
 ) -> ModelCard:
     """The model card of a `DepthForgeForSemanticSegmentation`.
 
@@ -253,6 +263,7 @@ def render_model_card(
         run's `evaluation.json`).
     repo_id: the Hub repository, for the name and the usage snippet.
     base_models: overrides the base models recorded in the config (`vfm_pretrained_id`, ...).
+    processor: the repository's image processor, for the preprocessing it describes.
     """
     config = model.config
     bases = base_models if base_models is not None else base_models_of(config)
@@ -307,7 +318,8 @@ def render_model_card(
         license_explanation=license_explanation,
         parameters=parameters,
         model_reference=repo_id or "path/to/this/folder",
-        inference_description=(f"{config.inference_mode} inference with {window} windows"
+        preprocessing_description=_preprocessing(processor),
+        inference_description=(f"sliding-window inference ({window} window/stride)"
                                if config.inference_mode == "slide" else "whole-image inference"),
         training_description=training_description,
         recipe=recipe,
