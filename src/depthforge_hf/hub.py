@@ -86,9 +86,6 @@ def write_model_repo(
     network = _load_model(model, WEIGHT_DTYPES[dtype])
     processor = _load_processor(model, processor)
     document = read_evaluation(evaluation) if evaluation is not None else None
-    if training_config is None and isinstance(evaluation, str | os.PathLike):
-        with open(evaluation) as handle:  # a training run's evaluation.json carries its settings
-            training_config = json.load(handle).get("config")
 
     staging = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -96,7 +93,8 @@ def write_model_repo(
     try:
         network.save_pretrained(staging)  # safetensors, code files and auto_map (registered by `import depthforge_hf`)
         processor.save_pretrained(staging)
-        card = render_model_card(network, document, training_config, repo_id=repo_id, base_models=base_models,
+        # the evaluation as given: a training run's evaluation.json also carries the run's settings for the card
+        card = render_model_card(network, evaluation, training_config, repo_id=repo_id, base_models=base_models,
                                  processor=processor)
         write_file_atomically(str(staging / "README.md"), str(card))
         if document is not None:
@@ -194,8 +192,8 @@ def push_to_hub(
     delete_stale_files: bool = True,
     api=None,
 ):
-    """Write the repository folder with `write_model_repo` (into `folder`, kept, or a temporary folder) and upload
-    exactly that folder with `upload_folder_to_hub`. Returns the `CommitInfo`.
+    """Write the repository folder with `write_model_repo` (into `folder`, kept and replaced if it exists, or a
+    temporary folder) and upload exactly that folder with `upload_folder_to_hub`. Returns the `CommitInfo`.
 
     From a training script: `push_to_hub("runs/x/model", "me/depthforge-gta", evaluation="runs/x/evaluation.json")`.
     """
