@@ -285,7 +285,7 @@ def render_model_card(
         base_model=[base.hub_id for base in bases if base.hub_id] or None,
         datasets=datasets or None,
         metrics=["mean_iou"] if document else None,
-        model_name=model_name,
+        model_name=model_name if document else None,  # only used for the model-index
         eval_results=evaluation_results(document) if document else None,
     )
     breakdown = model.parameter_breakdown()
