@@ -172,9 +172,12 @@ def test_command_line_writes_then_uploads_the_same_folder(checkpoint, tmp_path, 
     directory, _, _ = checkpoint
     api = FakeHfApi()
     monkeypatch.setattr("huggingface_hub.HfApi", lambda token=None: api)
+    run_report = tmp_path / "run_evaluation.json"  # a training run's evaluation.json carries its settings
+    run_report.write_text(json.dumps({"evaluation": {}, "config": {"recipe": "demo", "max_steps": 300}}))
     assert cli.main(["push-to-hub", str(directory), "--repo-id", "someone/x", "--folder", str(tmp_path / "kept"),
-                     "--dtype", "bfloat16"]) == 0
+                     "--dtype", "bfloat16", "--training-config", str(run_report)]) == 0
     assert api.uploaded == folder_fingerprint(tmp_path / "kept")
+    assert "| steps | 300 |" in (tmp_path / "kept" / "README.md").read_text()
     with pytest.raises(FileExistsError):
         cli.main(["push-to-hub", str(directory), "--folder", str(tmp_path / "kept")])
 

@@ -85,12 +85,12 @@ def test_card_of_a_demo_trained_model_quotes_its_evaluation(tmp_path):
     save_tiny_checkpoint(tmp_path / "init", inference_window_size=512, inference_stride=341)
     config = TrainingConfig(
         model=str(tmp_path / "init"), output_dir=str(tmp_path / "run"), max_steps=2, batch_size=2, crop_size=64,
-        learning_rate=1e-3, save_every=0, log_every=1, synthetic_train_samples=8, synthetic_eval_samples=2,
+        learning_rate=1e-3, save_every=0, log_every=1, synthetic_train_samples=8, synthetic_eval_samples=1,
         eval_every=0, seed=7, schedule="poly", warmup_ratio=0.5, report_to="none",
     )
     summary = train(config)
     domains = ["realistic", "night", "fog", "snow"]
-    assert cli.main(["evaluate", summary["model_dir"], "--domains", *domains, "--synthetic-samples", "2", "--seed", "7",
+    assert cli.main(["evaluate", summary["model_dir"], "--domains", *domains, "--synthetic-samples", "1", "--seed", "7",
                      "--output-dir", str(tmp_path / "evaluation"), "--no-pictures"]) == 0
     evaluation_path = tmp_path / "evaluation" / "evaluation.json"
     document = json.loads(evaluation_path.read_text())

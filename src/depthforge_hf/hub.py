@@ -217,6 +217,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--folder", help="write the repository folder here (kept); without --repo-id nothing is "
                                          "uploaded")
     parser.add_argument("--evaluation", help="evaluation.json from `depthforge evaluate` or a training run")
+    parser.add_argument("--training-config", help="the training settings for the card: a training run's "
+                                                  "evaluation.json (its \"config\"), or a YAML/JSON of them")
     parser.add_argument("--dtype", choices=sorted(WEIGHT_DTYPES), default="float32", help="weights' dtype")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", help="branch to upload to (created if needed)")
@@ -225,18 +227,29 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --folder")
 
 
+def read_training_config(path: str) -> dict:
+    import yaml
+
+    with open(path) as handle:
+        document = yaml.safe_load(handle)  # JSON is YAML
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} does not hold training settings (expected a mapping).")
+    return document["config"] if isinstance(document.get("config"), dict) else document
+
+
 def run(args) -> int:
+    training_config = read_training_config(args.training_config) if args.training_config else None
     if not args.repo_id and not args.folder:
         raise ValueError("Give --repo-id (upload), --folder (write the repository folder only), or both.")
     if args.repo_id:
         if args.folder and os.path.exists(args.folder) and not args.overwrite:
             raise FileExistsError(f"{args.folder} exists; pass --overwrite to replace it.")
-        commit = push_to_hub(args.model, args.repo_id, evaluation=args.evaluation, dtype=args.dtype,
-                             folder=args.folder, private=args.private or None, revision=args.revision,
-                             commit_message=args.commit_message, create_pr=args.create_pr)
+        commit = push_to_hub(args.model, args.repo_id, evaluation=args.evaluation, training_config=training_config,
+                             dtype=args.dtype, folder=args.folder, private=args.private or None,
+                             revision=args.revision, commit_message=args.commit_message, create_pr=args.create_pr)
         print(f"uploaded: {getattr(commit, 'commit_url', commit)}")
     else:
-        folder = write_model_repo(args.model, args.folder, evaluation=args.evaluation, dtype=args.dtype,
-                                  overwrite=args.overwrite)
+        folder = write_model_repo(args.model, args.folder, evaluation=args.evaluation,
+                                  training_config=training_config, dtype=args.dtype, overwrite=args.overwrite)
         print(f"written: {folder} ({len(folder_fingerprint(folder))} files)")
     return 0
