@@ -98,6 +98,8 @@ def write_model_repo(
                                  processor=processor)
         write_file_atomically(str(staging / "README.md"), str(card))
         if document is not None:
+            if document.get("model") and os.path.exists(document["model"]):  # no local paths in a public repository
+                document = {**document, "model": os.path.basename(os.path.normpath(document["model"]))}
             write_file_atomically(str(staging / "evaluation.json"), json.dumps(document, indent=2) + "\n")
         check_model_repo(staging)
         if folder.exists():
