@@ -52,12 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=run_demo)
 
-    from . import convert_official, segment, training
+    from . import convert_official, evaluation, hub, segment, training
     from .data import prepare
 
     train = commands.add_parser("train", help="train (with no data arguments: the offline synthetic demo)")
     training.add_arguments(train)
     train.set_defaults(handler=training.run)
+
+    evaluator = commands.add_parser("evaluate", help="mIoU per domain with the official test protocol (JSON/Markdown)")
+    evaluation.add_arguments(evaluator)
+    evaluator.set_defaults(handler=evaluation.run)
+
+    sharer = commands.add_parser("push-to-hub", help="write a Hub repository folder (weights, code, card) and upload it")
+    hub.add_arguments(sharer)
+    sharer.set_defaults(handler=hub.run)
 
     segmenter = commands.add_parser("segment", help="segment images, folders or videos with a saved model")
     segment.add_arguments(segmenter)
