@@ -132,6 +132,22 @@ def test_every_pair_saves_and_loads_bit_identically(name, tmp_path):
                                               *loaded.depthforge.depth_encoder.parameters()])
 
 
+@pytest.mark.parametrize("name", ["eva02+narrow-da", "dinov2+wide-shallow-promptda"])
+def test_gradient_checkpointing_gives_the_same_gradients(name):
+    """The checkpointed block + token update also carries EVA02's rotary table and the depth projection."""
+    pixel_values, labels = batch(batch_size=1)
+    grads = []
+    for enable in (False, True):
+        model = build(name).train()
+        if enable:
+            model.activation_checkpointing_enable()
+        torch.manual_seed(0)
+        model(pixel_values, labels=labels).loss.backward()
+        grads.append([model.depthforge.tokens.learnable_tokens_a.grad, model.depthforge.depth_projection.weight.grad])
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(plain, checkpointed)
+
+
 def test_relative_depth_pairing():
     assert [paired_depth_layer(index, 4, 4) for index in range(4)] == [0, 1, 2, 3]
     assert [paired_depth_layer(index, 24, 12) for index in range(24)] == [i // 2 for i in range(24)]

@@ -84,8 +84,8 @@ EVA02_LARGE_PATCH16 = {
 
 # Geometry that `DepthForgeTimmEvaConfig` holds in its own fields; `model_args` must not repeat it.
 TIMM_EVA_GEOMETRY_ARGS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "img_size")
-# timm `Eva` arguments that DepthForge itself decides (no classifier, token output, runtime input sizes).
-TIMM_EVA_RESERVED_ARGS = ("num_classes", "global_pool", "dynamic_img_size", "pretrained", "pretrained_cfg")
+# timm `Eva` arguments that DepthForge itself decides (no classifier, runtime input sizes, weights never from the config).
+TIMM_EVA_RESERVED_ARGS = ("num_classes", "dynamic_img_size", "pretrained", "pretrained_cfg")
 
 
 @strict
@@ -492,6 +492,8 @@ __all__ = [
     "DepthForgeConfig",
     "DepthForgeTimmEvaConfig",
     "INFERENCE_MODES",
+    "TIMM_EVA_GEOMETRY_ARGS",
+    "TIMM_EVA_RESERVED_ARGS",
     "default_pyramid_indices",
     "paired_depth_layer",
 ]

@@ -29,7 +29,14 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 from transformers.utils import ModelOutput, logging
 
-from .configuration_depthforge import DepthForgeConfig, DepthForgeTimmEvaConfig, check_inference_settings, pair
+from .configuration_depthforge import (
+    TIMM_EVA_GEOMETRY_ARGS,
+    TIMM_EVA_RESERVED_ARGS,
+    DepthForgeConfig,
+    DepthForgeTimmEvaConfig,
+    check_inference_settings,
+    pair,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -219,8 +226,9 @@ def load_timm_eva_checkpoint(name_or_path: str, revision: str | None = None) -> 
             f"{name_or_path}: DepthForge needs one cls token with an absolute position table entry of its own."
         )
     recorded = dict(getattr(model, "pretrained_model_args", None) or {})
-    geometry = {"embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "img_size"}
-    reserved = {"num_classes", "global_pool", "dynamic_img_size", "pretrained", "pretrained_cfg", "in_chans"}
+    # geometry gets its own config fields; the classifier and input size are DepthForge's; 3 input channels is timm's
+    # default (dropped to keep the config short)
+    dropped = {*TIMM_EVA_GEOMETRY_ARGS, *TIMM_EVA_RESERVED_ARGS, "in_chans"}
     config = {
         "model_type": DepthForgeTimmEvaConfig.model_type,
         "architecture": model.pretrained_cfg["architecture"],
@@ -228,7 +236,7 @@ def load_timm_eva_checkpoint(name_or_path: str, revision: str | None = None) -> 
         "num_hidden_layers": len(model.blocks),
         "num_attention_heads": model.blocks[0].attn.num_heads,
         "mlp_ratio": recorded.get("mlp_ratio"),
-        "model_args": {key: value for key, value in recorded.items() if key not in geometry | reserved} or None,
+        "model_args": {key: value for key, value in recorded.items() if key not in dropped} or None,
     }
     classifier = model.pretrained_cfg.get("classifier", "head")
     state = {key: value for key, value in model.state_dict().items() if not key.startswith(f"{classifier}.")}
@@ -488,7 +496,8 @@ class DepthForgeModelOutput(ModelOutput):
     hidden_states (`tuple[torch.Tensor]`, *optional*):
         Visual tokens (B, 1+N, C): the embeddings, then the output of every block after its token update.
     depth_hidden_states (`tuple[torch.Tensor]`, *optional*):
-        Depth-encoder tokens (B, 1+N, C): the embeddings, then the output of every block.
+        Depth-encoder tokens (B, 1+N, C_depth): the embeddings, then the output of every block (before the depth
+        projection, which exists only for encoders of unequal width).
     """
 
     feature_maps: tuple[torch.Tensor, ...] | None = None
