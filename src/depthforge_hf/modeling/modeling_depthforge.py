@@ -769,6 +769,8 @@ class DepthForgeModel(DepthForgePreTrainedModel):
         """
         if isinstance(self.config.vfm_config, DepthForgeTimmEvaConfig):
             patches = self.vfm.patch_embed(pixel_values)  # (B, H/p, W/p, C): timm's dynamic-size layout
+            # `Eva._pos_embed` is timm's own step between patch embedding and blocks (private, hence the pinned timm
+            # range of the `eva` extra; a test compares this loop with timm's `forward_intermediates`).
             hidden_states, rotary_table = self.vfm._pos_embed(patches)
             return self.vfm.norm_pre(hidden_states), {"rope": rotary_table}
         return embed_image(self.vfm.embeddings, pixel_values, self.patch_size), {}
