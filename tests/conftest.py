@@ -58,6 +58,17 @@ def tiny_config_kwargs(**overrides) -> dict:
     return kwargs
 
 
+def timm_or_skip():
+    """timm (the `eva` extra), or skip the EVA02 test with the reason shown in the summary."""
+    try:
+        import timm
+    except ImportError as error:
+        pytest.skip(f'EVA02 needs timm (pip install "depthforge-hf[eva]"): {error}')
+    except RuntimeError as error:  # a torchvision built for another torch raises this at import
+        pytest.skip(f"timm is installed but not importable with this torch build: {error}")
+    return timm
+
+
 @pytest.fixture
 def tiny_config():
     from depthforge_hf import DepthForgeConfig

@@ -44,6 +44,19 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_presets(args: argparse.Namespace) -> int:
+    """List the named encoder pairs with their checkpoints and weight licences."""
+    from .presets import PRESETS
+
+    for name, preset in PRESETS.items():
+        pairing = "extension: sizes differ" if preset.uses_size_mismatch_extension else "paper pairing"
+        use = "commercial use allowed" if preset.commercial_use else "non-commercial"
+        print(f"{name}  ({preset.description}; {pairing}; {use})")
+        print(f"    visual: {preset.vfm.hub_id} [{preset.vfm.licence}]")
+        print(f"    depth:  {preset.depth.hub_id} [{preset.depth.licence}]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="depthforge", description="DepthForge for domain-generalized segmentation.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image", help="an image file instead of the bundled example")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=run_demo)
+    presets = commands.add_parser("presets", help="list the named encoder pairs, their checkpoints and licences")
+    presets.set_defaults(handler=run_presets)
 
     from . import convert_official, evaluation, hub, segment, training
     from .data import prepare

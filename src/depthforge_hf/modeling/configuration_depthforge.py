@@ -71,6 +71,117 @@ def default_pyramid_indices(num_layers: int) -> list[int]:
     return indices
 
 
+# The timm EVA02-L geometry converted to patch 16 at 512 crops (the paper's other visual model; timm's
+# `eva02_large_patch14_224` supplies the rest of the architecture: SwiGLU MLP with inner LayerNorm, rotary embedding).
+EVA02_LARGE_PATCH16 = {
+    "architecture": "eva02_large_patch14_224",
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 16,
+    "image_size": 512,
+}
+
+# Geometry that `DepthForgeTimmEvaConfig` holds in its own fields; `model_args` must not repeat it.
+TIMM_EVA_GEOMETRY_ARGS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "img_size")
+# timm `Eva` arguments that DepthForge itself decides (no classifier, runtime input sizes, weights never from the config).
+TIMM_EVA_RESERVED_ARGS = ("num_classes", "dynamic_img_size", "pretrained", "pretrained_cfg")
+
+
+@strict
+class DepthForgeTimmEvaConfig(PreTrainedConfig):
+    r"""
+    Description of a timm EVA / EVA02 ViT used as DepthForge's frozen visual model (needs `pip install
+    "depthforge-hf[eva]"` to build the model; the config itself does not import timm).
+
+    The model is `timm.create_model(architecture, pretrained=False, num_classes=0, img_size=image_size,
+    patch_size=patch_size, embed_dim=hidden_size, depth=num_hidden_layers, num_heads=num_attention_heads,
+    dynamic_img_size=True, **model_args)` (plus `mlp_ratio` when set): the architecture name supplies everything else
+    (SwiGLU MLP, rotary embedding, ...), so that saving this config is enough to rebuild the network offline. The field names match
+    `Dinov2Config`'s, which is what the rest of DepthForge reads.
+
+    Args:
+        architecture (`str`, defaults to `"eva02_large_patch14_224"`): a timm model name of the EVA family, without
+            pretrained tag.
+        hidden_size, num_hidden_layers, num_attention_heads (`int`): width, blocks and heads (timm `embed_dim`,
+            `depth`, `num_heads`).
+        mlp_ratio (`float`, *optional*): MLP hidden width over `hidden_size`; `None` keeps the architecture's own
+            (8/3 with SwiGLU for EVA02).
+        patch_size (`int`, defaults to 16), image_size (`int`, defaults to 512): patch and the size of the stored
+            absolute position table (the training crop).
+        model_args (`dict`, *optional*): further `timm` `Eva` keyword arguments (e.g. `{"qkv_fused": False}`);
+            must not repeat the fields above.
+    """
+
+    model_type = "depthforge_timm_eva"
+
+    architecture: str = EVA02_LARGE_PATCH16["architecture"]
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    mlp_ratio: float | None = None
+    patch_size: int = 16
+    image_size: int = 512
+    model_args: dict | None = None
+
+    def validate_architecture(self):
+        """Checked at construction (through `@strict`)."""
+        if not self.architecture.startswith("eva"):
+            raise ValueError(
+                f"architecture must name a timm EVA / EVA02 model (e.g. 'eva02_large_patch14_224'), got "
+                f"{self.architecture!r}."
+            )
+        if "." in self.architecture:
+            raise ValueError(
+                f"architecture {self.architecture!r} carries a pretrained tag; give the bare timm name (weights are "
+                "loaded by `from_pretrained_backbones`, never by the config)."
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})."
+            )
+        clashes = sorted(set(self.model_args or {}) & {*TIMM_EVA_GEOMETRY_ARGS, *TIMM_EVA_RESERVED_ARGS})
+        if clashes:
+            raise ValueError(
+                f"model_args must not set {clashes}: the geometry has its own fields (hidden_size, num_hidden_layers, "
+                "num_attention_heads, mlp_ratio, patch_size, image_size) and DepthForge sets the classifier and input "
+                "size arguments itself."
+            )
+
+    def timm_kwargs(self) -> dict:
+        """Keyword arguments of `timm.create_model` (besides the architecture name) that build this network."""
+        kwargs = {
+            **(self.model_args or {}),
+            "pretrained": False,
+            "num_classes": 0,
+            "img_size": self.image_size,
+            "patch_size": self.patch_size,
+            "embed_dim": self.hidden_size,
+            "depth": self.num_hidden_layers,
+            "num_heads": self.num_attention_heads,
+            # DepthForge runs crops and whole images of any size: position table and rotary table follow the grid.
+            "dynamic_img_size": True,
+        }
+        if self.mlp_ratio is not None:
+            kwargs["mlp_ratio"] = self.mlp_ratio
+        return kwargs
+
+
+VISUAL_MODEL_TYPES = ("dinov2", DepthForgeTimmEvaConfig.model_type)
+DEPTH_MODEL_TYPES = ("depth_anything", "prompt_depth_anything")
+
+
+def paired_depth_layer(visual_index: int, num_visual_layers: int, num_depth_layers: int) -> int:
+    """The depth block whose output feeds the token update after visual block `visual_index` (0-based).
+
+    The paper pairs block l with block l (equal depths). For unequal depths (an extension, see
+    `allow_encoder_size_mismatch`) the visual block is paired with the first depth block that has completed at least
+    the same fraction of its network: ceil((l + 1) * L_depth / L_visual) - 1. This is l itself when the depths are
+    equal, and the last block is always paired with the last block.
+    """
+    return -(-(visual_index + 1) * num_depth_layers // num_visual_layers) - 1
+
+
 INFERENCE_MODES = ("slide", "whole")
 
 
@@ -102,18 +213,35 @@ def check_inference_settings(mode: str, window_size, stride, window_batch_size: 
 @strict
 class DepthForgeConfig(PreTrainedConfig):
     r"""
-    Configuration of a DepthForge model: a frozen visual foundation model (DINOv2) and a frozen depth encoder
-    (the DINOv2 encoder of Depth Anything V2) read the same image; after every visual block, depth-aware learnable
+    Configuration of a DepthForge model: a frozen visual foundation model (DINOv2, or EVA02 through timm) and a frozen
+    depth encoder (the DINOv2 encoder of Depth Anything V2, or of Prompt Depth Anything for DepthForge V2) read the same
+    image; after every visual block, depth-aware learnable
     tokens update the patch features; a depth refinement decoder and a Mask2Former head produce the segmentation.
 
     The defaults describe the paper's model: DINOv2-L/16 + Depth Anything V2-L/16, 512 crops, 19 Cityscapes classes.
 
     Args:
-        vfm_config (`dict` or `Dinov2Config`):
-            The frozen visual model. Its `patch_size` must equal `patch_size`.
-        depth_config (`dict` or `DepthAnythingConfig`):
-            The Depth Anything model whose DINOv2 encoder is the frozen depth model. Only `backbone_config` is built;
-            width and depth must equal the visual model's (features are paired block by block).
+        vfm_config (`dict`, `Dinov2Config` or `DepthForgeTimmEvaConfig`):
+            The frozen visual model: a DINOv2 config (`model_type` "dinov2", the default) or a timm EVA02 description
+            (`model_type` "depthforge_timm_eva", see `DepthForgeTimmEvaConfig`; building it needs the `eva` extra).
+            Its `patch_size` must equal `patch_size`.
+        depth_config (`dict`, `DepthAnythingConfig` or `PromptDepthAnythingConfig`):
+            The depth model whose DINOv2 encoder is the frozen depth encoder: Depth Anything (V2) (`model_type`
+            "depth_anything", the paper's DepthForge) or Prompt Depth Anything (`model_type` "prompt_depth_anything",
+            DepthForge V2; no prompt is needed, the prompt only enters its depth head, which is not built). Only
+            `backbone_config` is built. Width and depth must equal the visual model's (the paper pairs the features
+            block by block) unless `allow_encoder_size_mismatch` is set.
+        allow_encoder_size_mismatch (`bool`, defaults to `False`):
+            **Extension of the paper** (off by default, and inactive when the sizes match): pair a depth encoder whose
+            width or number of blocks differs from the visual model's, e.g. a licence-friendly Depth Anything V2 Small
+            with DINOv2-L. Visual block l then reads depth block `paired_depth_layer(l, L_visual, L_depth)` (the same
+            relative depth, see that function), and when the widths differ a learned linear projection
+            (`depth_projection`, shared by all layers, trainable) maps the depth features to the visual width. It is
+            initialised to the identity on the min(C_visual, C_depth) shared channels and zero elsewhere, so that at
+            initialisation the raw depth features enter the token attention unchanged, exactly as in the paper's
+            equal-width rule (logits = F T^T / sqrt(C) + D T^T / sqrt(C)); a zero init would instead start from a model
+            without depth (Rein). With equal sizes no projection is created and the pairing is the paper's 1:1, so the
+            flag changes nothing.
         num_tokens (`int`, defaults to 100):
             Learnable tokens per layer. With `link_tokens_to_queries` they are also the Mask2Former queries.
         token_rank (`int`, defaults to 16):
@@ -208,8 +336,15 @@ class DepthForgeConfig(PreTrainedConfig):
     vfm_pretrained_revision: str | None = None
     depth_pretrained_id: str | None = None
     depth_pretrained_revision: str | None = None
+    allow_encoder_size_mismatch: bool = False
 
     def __post_init__(self, **kwargs):
+        # The timm EVA description is not a transformers model type that AutoConfig knows: build it here, before the
+        # generic sub-config resolution (which leaves config instances as they are).
+        if isinstance(self.vfm_config, dict) and self.vfm_config.get("model_type") == DepthForgeTimmEvaConfig.model_type:
+            self.vfm_config = DepthForgeTimmEvaConfig(
+                **{key: value for key, value in self.vfm_config.items() if key != "model_type"}
+            )
         if self.id2label is None and kwargs.get("num_labels") is None:
             self.id2label = dict(CITYSCAPES_ID2LABEL)
         super().__post_init__(**kwargs)
@@ -223,6 +358,17 @@ class DepthForgeConfig(PreTrainedConfig):
     def depth_backbone_config(self) -> PreTrainedConfig:
         """The DINOv2 config of the depth encoder (the part of Depth Anything that DepthForge runs)."""
         return self.depth_config.backbone_config
+
+    @property
+    def paired_depth_layers(self) -> list[int]:
+        """For every visual block, the depth block whose output its token update reads (see `paired_depth_layer`)."""
+        num_visual, num_depth = self.vfm_config.num_hidden_layers, self.depth_backbone_config.num_hidden_layers
+        return [paired_depth_layer(index, num_visual, num_depth) for index in range(num_visual)]
+
+    @property
+    def uses_depth_projection(self) -> bool:
+        """Whether the depth features need the learned width projection (extension; only for unequal widths)."""
+        return self.vfm_config.hidden_size != self.depth_backbone_config.hidden_size
 
     @property
     def num_queries(self) -> int:
@@ -242,11 +388,15 @@ class DepthForgeConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Checked at construction (through `@strict`): every field that changes shapes, with the allowed values."""
         vfm, depth = self.vfm_config, self.depth_config
-        if getattr(vfm, "model_type", None) != "dinov2":
-            raise ValueError(f"vfm_config must be a DINOv2 config (model_type 'dinov2'), got {vfm.model_type!r}.")
-        if getattr(depth, "model_type", None) != "depth_anything":
+        if getattr(vfm, "model_type", None) not in VISUAL_MODEL_TYPES:
             raise ValueError(
-                f"depth_config must be a Depth Anything config (model_type 'depth_anything'), got {depth.model_type!r}."
+                f"vfm_config must be a DINOv2 config (model_type 'dinov2') or a timm EVA02 description (model_type "
+                f"'{DepthForgeTimmEvaConfig.model_type}'), got {getattr(vfm, 'model_type', None)!r}."
+            )
+        if getattr(depth, "model_type", None) not in DEPTH_MODEL_TYPES:
+            raise ValueError(
+                "depth_config must be a Depth Anything config (model_type 'depth_anything') or a Prompt Depth Anything "
+                f"config (model_type 'prompt_depth_anything', DepthForge V2), got {getattr(depth, 'model_type', None)!r}."
             )
         depth_vit = depth.backbone_config
         if getattr(depth_vit, "model_type", None) != "dinov2":
@@ -261,12 +411,14 @@ class DepthForgeConfig(PreTrainedConfig):
                     "size so that their token grids coincide (convert patch-14 weights with "
                     "`from_pretrained_backbones`)."
                 )
-        if vfm.hidden_size != depth_vit.hidden_size or vfm.num_hidden_layers != depth_vit.num_hidden_layers:
+        sizes_differ = vfm.hidden_size != depth_vit.hidden_size or vfm.num_hidden_layers != depth_vit.num_hidden_layers
+        if sizes_differ and not self.allow_encoder_size_mismatch:
             raise ValueError(
                 "The visual and depth ViTs are paired block by block, so their widths and depths must be equal: "
                 f"vfm_config has hidden_size={vfm.hidden_size}, num_hidden_layers={vfm.num_hidden_layers}; "
                 f"depth_config.backbone_config has hidden_size={depth_vit.hidden_size}, "
-                f"num_hidden_layers={depth_vit.num_hidden_layers}."
+                f"num_hidden_layers={depth_vit.num_hidden_layers}. Set allow_encoder_size_mismatch=True to pair them "
+                "by relative depth with a learned width projection (an extension of the paper)."
             )
         if vfm.image_size % self.patch_size:
             raise ValueError(
@@ -335,4 +487,13 @@ class DepthForgeConfig(PreTrainedConfig):
             )
 
 
-__all__ = ["DepthForgeConfig", "CITYSCAPES_ID2LABEL", "INFERENCE_MODES", "default_pyramid_indices"]
+__all__ = [
+    "CITYSCAPES_ID2LABEL",
+    "DepthForgeConfig",
+    "DepthForgeTimmEvaConfig",
+    "INFERENCE_MODES",
+    "TIMM_EVA_GEOMETRY_ARGS",
+    "TIMM_EVA_RESERVED_ARGS",
+    "default_pyramid_indices",
+    "paired_depth_layer",
+]

@@ -31,7 +31,14 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 from transformers.utils import ModelOutput, logging
 
-from .configuration_depthforge import DepthForgeConfig, check_inference_settings, pair
+from .configuration_depthforge import (
+    TIMM_EVA_GEOMETRY_ARGS,
+    TIMM_EVA_RESERVED_ARGS,
+    DepthForgeConfig,
+    DepthForgeTimmEvaConfig,
+    check_inference_settings,
+    pair,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -116,6 +123,126 @@ def embed_image(embeddings: nn.Module, pixel_values: torch.Tensor, patch_size: i
         embeddings.position_embeddings, height // patch_size, width // patch_size, square_input=height == width
     )
     return embeddings.dropout(tokens + positions.to(tokens.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Visual foundation models: transformers' DINOv2, or a timm EVA02 (optional `eva` extra)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def import_timm():
+    """timm, imported only on the EVA02 path (the modeling files ship as remote code without a timm dependency)."""
+    try:
+        import timm
+        from timm.models.eva import Eva
+    except ImportError as error:
+        raise ImportError(
+            'The EVA02 visual model is built with timm: pip install "depthforge-hf[eva]" (timm needs a torchvision '
+            f"that matches your torch build). Import failed with: {error}"
+        ) from error
+    return timm, Eva
+
+
+def build_visual_model(vfm_config) -> nn.Module:
+    """The frozen visual ViT from its config: transformers' `Dinov2Backbone`, or a timm `Eva` built offline from a
+    `DepthForgeTimmEvaConfig` (random weights; `from_pretrained_backbones` or `from_pretrained` load them)."""
+    if isinstance(vfm_config, DepthForgeTimmEvaConfig):
+        timm, eva_class = import_timm()
+        model = timm.create_model(vfm_config.architecture, **vfm_config.timm_kwargs())
+        if not isinstance(model, eva_class):
+            raise TypeError(f"{vfm_config.architecture!r} builds a timm {type(model).__name__}, not an EVA model.")
+        if model.num_prefix_tokens != 1:
+            raise ValueError(
+                f"{vfm_config.architecture!r} has {model.num_prefix_tokens} prefix tokens; DepthForge expects exactly "
+                "one cls token (no register tokens) in front of the patch tokens."
+            )
+        return model
+    return AutoBackbone.from_config(vfm_config)
+
+
+class DepthForgeDepthProjection(nn.Linear):
+    """Learned linear map from the depth encoder's width to the visual width (**extension of the paper**, only when
+    the widths differ; see `DepthForgeConfig.allow_encoder_size_mismatch`). Shared by all layers. Initialised (in
+    `_init_weights`) to the identity on the shared channels and zero elsewhere, zero bias: the depth features then enter
+    the token attention as they are, which is what the paper's equal-width rule does."""
+
+
+# Patch-embedding kernel and position table of each visual-model type (what the 14 -> 16 conversion resizes).
+PATCH_AND_POSITION_KEYS = {
+    "dinov2": ("embeddings.patch_embeddings.projection.weight", "embeddings.position_embeddings"),
+    DepthForgeTimmEvaConfig.model_type: ("patch_embed.proj.weight", "pos_embed"),
+}
+
+
+def read_checkpoint_config(name_or_path: str, revision: str | None = None) -> dict:
+    """The `config.json` of a local folder or a Hub repository."""
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, "config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{name_or_path} has no config.json: is it a saved DINOv2 or timm model folder?")
+    else:
+        path = hf_hub_download(name_or_path, "config.json", revision=revision)
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def is_timm_checkpoint(name_or_path: str, revision: str | None = None) -> bool:
+    """timm checkpoints (Hub `timm/...` repos, `save_for_hf` folders) name an `architecture` and no `model_type`."""
+    checkpoint_config = read_checkpoint_config(name_or_path, revision)
+    return "architecture" in checkpoint_config and "model_type" not in checkpoint_config
+
+
+def load_dinov2_checkpoint(name_or_path: str, revision: str | None = None) -> tuple[dict, dict]:
+    """State dict and config fields (without the backbone-output fields) of a transformers DINOv2 checkpoint."""
+    # Dinov2Backbone directly: AutoBackbone.from_pretrained asks the Hub whether the name exists, even for a folder.
+    model, info = Dinov2Backbone.from_pretrained(name_or_path, revision=revision, output_loading_info=True)
+    if info.get("missing_keys"):
+        raise RuntimeError(
+            f"{name_or_path} is missing weights {sorted(info['missing_keys'])[:10]}: refusing to build a model whose "
+            "frozen parts would be random."
+        )
+    config = model.config.to_dict()
+    for key in ("out_features", "out_indices", "stage_names"):
+        config.pop(key, None)
+    return model.state_dict(), config
+
+
+def load_timm_eva_checkpoint(name_or_path: str, revision: str | None = None) -> tuple[dict, dict]:
+    """State dict (classifier dropped) and `DepthForgeTimmEvaConfig` fields of a pretrained timm EVA02 checkpoint.
+
+    timm loads it at its own size (strictly: its loader raises on missing weights); the caller converts the patch
+    kernel and position table and loads the result strictly into the DepthForge-sized network. The architecture's
+    geometry is read off the loaded network; its other construction arguments (recorded by timm, e.g. for a custom
+    tiny model) become `model_args`.
+    """
+    timm, eva_class = import_timm()
+    if os.path.isdir(name_or_path):
+        source = f"local-dir:{name_or_path}"
+    else:
+        source = f"hf-hub:{name_or_path}" + (f"@{revision}" if revision else "")
+    model = timm.create_model(source, pretrained=True)
+    if not isinstance(model, eva_class):
+        raise TypeError(f"{name_or_path} is a timm {type(model).__name__}, not an EVA model.")
+    if model.num_prefix_tokens != 1 or model.no_embed_class or model.pos_embed is None:
+        raise ValueError(
+            f"{name_or_path}: DepthForge needs one cls token with an absolute position table entry of its own."
+        )
+    recorded = dict(getattr(model, "pretrained_model_args", None) or {})
+    # geometry gets its own config fields; the classifier and input size are DepthForge's; 3 input channels is timm's
+    # default (dropped to keep the config short)
+    dropped = {*TIMM_EVA_GEOMETRY_ARGS, *TIMM_EVA_RESERVED_ARGS, "in_chans"}
+    config = {
+        "model_type": DepthForgeTimmEvaConfig.model_type,
+        "architecture": model.pretrained_cfg["architecture"],
+        "hidden_size": model.embed_dim,
+        "num_hidden_layers": len(model.blocks),
+        "num_attention_heads": model.blocks[0].attn.num_heads,
+        "mlp_ratio": recorded.get("mlp_ratio"),
+        "model_args": {key: value for key, value in recorded.items() if key not in dropped} or None,
+    }
+    classifier = model.pretrained_cfg.get("classifier", "head")
+    state = {key: value for key, value in model.state_dict().items() if not key.startswith(f"{classifier}.")}
+    return state, config
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -371,7 +498,8 @@ class DepthForgeModelOutput(ModelOutput):
     hidden_states (`tuple[torch.Tensor]`, *optional*):
         Visual tokens (B, 1+N, C): the embeddings, then the output of every block after its token update.
     depth_hidden_states (`tuple[torch.Tensor]`, *optional*):
-        Depth-encoder tokens (B, 1+N, C): the embeddings, then the output of every block.
+        Depth-encoder tokens (B, 1+N, C_depth): the embeddings, then the output of every block (before the depth
+        projection, which exists only for encoders of unequal width).
     """
 
     feature_maps: tuple[torch.Tensor, ...] | None = None
@@ -425,7 +553,7 @@ class DepthForgePreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["Dinov2Layer"]
+    _no_split_modules = ["Dinov2Layer", "EvaBlock"]
     # All attention lives in the native DINOv2 sub-models or in Mask2Former modules.
     _supports_sdpa = True
     _supports_flash_attn = True
@@ -565,6 +693,14 @@ class DepthForgePreTrainedModel(PreTrainedModel):
             _torch_default_init(module.query_proj)
             if hasattr(module, "query_position_embeddings"):
                 init.normal_(module.query_position_embeddings.weight, std=1.0)
+        elif isinstance(module, DepthForgeDepthProjection):
+            # Identity on the shared channels (the paper's rule when the widths agree), zero elsewhere.
+            init.copy_(module.weight, torch.eye(module.out_features, module.in_features))
+            init.zeros_(module.bias)
+        elif hasattr(module, "init_non_persistent_buffers") and module.__class__.__module__.startswith("timm."):
+            # timm's rotary tables are non-persistent buffers: never in a checkpoint, and left empty by the meta-device
+            # loading of `from_pretrained`; timm recomputes them from the module's settings.
+            module.init_non_persistent_buffers()
         elif isinstance(module, nn.LayerNorm | nn.GroupNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -605,8 +741,8 @@ def _init_deformable_attention(attention: Mask2FormerPixelDecoderEncoderMultisca
 
 
 class DepthForgeModel(DepthForgePreTrainedModel):
-    """The DepthForge backbone: frozen DINOv2 + frozen depth encoder + depth-aware tokens, giving a 4-level pyramid
-    and the token-derived queries."""
+    """The DepthForge backbone: frozen visual ViT (DINOv2 or EVA02) + frozen depth encoder + depth-aware tokens, giving
+    a 4-level pyramid and the token-derived queries."""
 
     # Loading the backbone alone from a full segmentation checkpoint: the head's tensors are expected leftovers, not
     # a mismatch (the strict check of `from_pretrained` still applies to everything else).
@@ -614,10 +750,17 @@ class DepthForgeModel(DepthForgePreTrainedModel):
 
     def __init__(self, config: DepthForgeConfig):
         super().__init__(config)
-        # Built through AutoBackbone from the sub-configs: transformers' own DINOv2 implementation, no re-write.
-        self.vfm = AutoBackbone.from_config(config.vfm_config)
+        # Built from the sub-configs: transformers' own DINOv2 (or timm's EVA02) implementation, no re-write.
+        self.vfm = build_visual_model(config.vfm_config)
         self.depth_encoder = AutoBackbone.from_config(config.depth_backbone_config)
         self.tokens = DepthForgeTokens(config)
+        # Which depth block feeds each visual block: 1:1 in the paper; by relative depth when the depths differ.
+        self.paired_depth_layers = config.paired_depth_layers
+        self.depth_projection = (
+            DepthForgeDepthProjection(config.depth_backbone_config.hidden_size, config.vfm_config.hidden_size)
+            if config.uses_depth_projection
+            else None
+        )
         self.patch_size = config.patch_size
         self.out_indices = list(config.out_indices)
         # Set by `gradient_checkpointing_enable()`: our explicit layer loop checkpoints block + token update together
@@ -648,8 +791,30 @@ class DepthForgeModel(DepthForgePreTrainedModel):
                 states.append(layer(states[-1]))
         return states
 
-    def _block_with_tokens(self, hidden_states, depth_states, layer_index):
-        hidden_states = self.vfm.encoder.layer[layer_index](hidden_states)
+    @property
+    def visual_layers(self) -> nn.ModuleList:
+        """The blocks of the visual ViT, in order."""
+        return self.vfm.blocks if isinstance(self.config.vfm_config, DepthForgeTimmEvaConfig) else self.vfm.encoder.layer
+
+    def embed_visual(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Visual tokens before block 0 (cls first), and the keyword arguments every visual block takes.
+
+        DINOv2: patch embedding, cls token and the official position interpolation (`embed_image`). EVA02: timm's own
+        embedding (patch embedding, cls token, absolute position table resampled to the grid) and its rotary table for
+        this grid, which every block needs (timm rotates the patch tokens only, the cls token keeps its place).
+        """
+        if isinstance(self.config.vfm_config, DepthForgeTimmEvaConfig):
+            patches = self.vfm.patch_embed(pixel_values)  # (B, H/p, W/p, C): timm's dynamic-size layout
+            # `Eva._pos_embed` is timm's own step between patch embedding and blocks (private, hence the pinned timm
+            # range of the `eva` extra; a test compares this loop with timm's `forward_intermediates`).
+            hidden_states, rotary_table = self.vfm._pos_embed(patches)
+            return self.vfm.norm_pre(hidden_states), {"rope": rotary_table}
+        return embed_image(self.vfm.embeddings, pixel_values, self.patch_size), {}
+
+    def _block_with_tokens(self, hidden_states, depth_states, layer_index, block_kwargs=None):
+        hidden_states = self.visual_layers[layer_index](hidden_states, **(block_kwargs or {}))
+        if self.depth_projection is not None:
+            depth_states = self.depth_projection(depth_states.to(self.depth_projection.weight.dtype))
         return self.tokens(hidden_states, depth_states, layer_index)
 
     def forward(
@@ -660,25 +825,28 @@ class DepthForgeModel(DepthForgePreTrainedModel):
         )
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must be (batch, 3, height, width), got {tuple(pixel_values.shape)}.")
-        pixel_values = pixel_values.to(self.vfm.embeddings.patch_embeddings.projection.weight.dtype)
+        pixel_values = pixel_values.to(next(self.vfm.parameters()).dtype)
         batch_size, _, height, width = pixel_values.shape
         grid_height, grid_width = height // self.patch_size, width // self.patch_size
 
         depth_states = self.depth_features(pixel_values)
-        hidden_states = embed_image(self.vfm.embeddings, pixel_values, self.patch_size)
+        hidden_states, block_kwargs = self.embed_visual(pixel_values)
         all_hidden_states = [hidden_states] if output_hidden_states else None
         selected = []
-        for layer_index in range(len(self.vfm.encoder.layer)):
+        for layer_index in range(len(self.visual_layers)):
+            # depth_states[0] is the embedding output, so block d's output is depth_states[d + 1]
+            paired_depth_states = depth_states[self.paired_depth_layers[layer_index] + 1]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden_states = checkpoint(
                     self._block_with_tokens,
                     hidden_states,
-                    depth_states[layer_index + 1],
+                    paired_depth_states,
                     layer_index,
+                    block_kwargs,
                     use_reentrant=False,
                 )
             else:
-                hidden_states = self._block_with_tokens(hidden_states, depth_states[layer_index + 1], layer_index)
+                hidden_states = self._block_with_tokens(hidden_states, paired_depth_states, layer_index, block_kwargs)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             if layer_index in self.out_indices:
@@ -723,6 +891,8 @@ DEFAULT_ADAPTER_NAME = "default"
 # checkpoint's keys). The loss has no weights but depends on the classes, so it switches with the adapter.
 ADAPTER_MODULE_PATHS = {
     "tokens": "depthforge.tokens",
+    # trainable, so it belongs to the adapter; None (no tensors) unless the encoder widths differ
+    "depth_projection": "depthforge.depth_projection",
     "refinement": "refinement",
     "pixel_decoder": "pixel_decoder",
     "transformer_decoder": "transformer_decoder",
@@ -767,6 +937,8 @@ BASE_CONFIG_FIELDS = (
     "vfm_pretrained_revision",
     "depth_pretrained_id",
     "depth_pretrained_revision",
+    # whether unequal encoder sizes are accepted; the depth projection it may imply is part of each adapter
+    "allow_encoder_size_mismatch",
 )
 RUNTIME_CONFIG_FIELDS = (
     "inference_mode",
@@ -967,6 +1139,7 @@ class DepthForgeAdaptersMixin:
     def _active_parts(self) -> dict[str, nn.Module | None]:
         return {
             "tokens": self.depthforge.tokens,
+            "depth_projection": self.depthforge.depth_projection,
             "refinement": self.refinement,
             "pixel_decoder": self.pixel_decoder,
             "transformer_decoder": self.transformer_decoder,
@@ -976,6 +1149,7 @@ class DepthForgeAdaptersMixin:
     def _attach_parts(self, parts: dict[str, nn.Module | None], settings: dict) -> None:
         """Put an adapter's parts into the model and its fields into the config."""
         self.depthforge.tokens = parts["tokens"]
+        self.depthforge.depth_projection = parts["depth_projection"]
         self.refinement = parts["refinement"]
         self.pixel_decoder = parts["pixel_decoder"]
         self.transformer_decoder = parts["transformer_decoder"]
@@ -1009,7 +1183,15 @@ class DepthForgeAdaptersMixin:
     def _build_parts(self, config: DepthForgeConfig, initialise: bool) -> dict[str, nn.Module | None]:
         """Fresh adapter parts for `config` on the model's device and dtype, with the official initialisation when
         `initialise` (otherwise every tensor is about to be loaded)."""
-        parts = {"tokens": DepthForgeTokens(config), **build_head_modules(config)}
+        parts = {
+            "tokens": DepthForgeTokens(config),
+            "depth_projection": (
+                DepthForgeDepthProjection(config.depth_backbone_config.hidden_size, config.vfm_config.hidden_size)
+                if config.uses_depth_projection
+                else None
+            ),
+            **build_head_modules(config),
+        }
         if initialise:
             for part in parts.values():
                 for module in part.modules() if part is not None else ():
@@ -1305,6 +1487,7 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
         """Parameter counts per part, split into trainable and frozen (as in peft's `print_trainable_parameters`)."""
         parts = {
             "depth-aware tokens": self.depthforge.tokens,
+            "depth projection": self.depthforge.depth_projection,
             "refinement decoder": self.refinement,
             "pixel decoder": self.pixel_decoder,
             "transformer decoder": self.transformer_decoder,
@@ -1331,35 +1514,41 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
         depth_revision: str | None = None,
         **config_kwargs,
     ) -> "DepthForgeForSemanticSegmentation":
-        """Build a trainable DepthForge from pretrained DINOv2 and Depth Anything (V2) checkpoints.
+        """Build a trainable DepthForge from pretrained visual and depth checkpoints.
 
-        Example: `from_pretrained_backbones("facebook/dinov2-large", "depth-anything/Depth-Anything-V2-Large-hf")`.
+        Examples: `from_pretrained_backbones("facebook/dinov2-large", "depth-anything/Depth-Anything-V2-Large-hf")`
+        (the paper); `("timm/eva02_large_patch14_224.mim_m38m", ...)` for EVA02 (timm's format, or a folder written by
+        `timm.models.save_for_hf`; needs the `eva` extra); `(..., "depth-anything/prompt-depth-anything-vitl-hf")`
+        for DepthForge V2. The visual checkpoint's format is read from its `config.json` (timm's has `architecture`,
+        transformers' a `model_type`). Pass `allow_encoder_size_mismatch=True` to pair encoders of different sizes
+        (an extension of the paper, see `DepthForgeConfig`).
+
         Both ViTs are converted to `patch_size` the way the official converter does (bicubic kernel resize, position
         table resized to the `image_size / patch_size` training grid) and loaded strictly: any frozen weight that
         does not load is an error, never a silently random tensor. Tokens and head are freshly initialised.
         Further keyword arguments are `DepthForgeConfig` fields (e.g. `num_labels`, `id2label`). The ids and
         revisions are recorded in the config (`vfm_pretrained_id`, ...) as the model's base models.
         """
-        # Dinov2Backbone directly: AutoBackbone.from_pretrained asks the Hub whether the name exists, even for a
-        # local folder.
-        vfm, vfm_info = Dinov2Backbone.from_pretrained(
-            vfm_name_or_path, revision=vfm_revision, output_loading_info=True
-        )
+        if image_size % patch_size:
+            raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size}).")
+        if is_timm_checkpoint(vfm_name_or_path, vfm_revision):
+            vfm_state, vfm_config = load_timm_eva_checkpoint(vfm_name_or_path, vfm_revision)
+        else:
+            vfm_state, vfm_config = load_dinov2_checkpoint(vfm_name_or_path, vfm_revision)
+        vfm_config.update(patch_size=patch_size, image_size=image_size)
         depth_model, depth_info = AutoModelForDepthEstimation.from_pretrained(
             depth_name_or_path, revision=depth_revision, output_loading_info=True
         )
-        for name, info in ((vfm_name_or_path, vfm_info), (depth_name_or_path, depth_info)):
-            if info.get("missing_keys"):
-                raise RuntimeError(
-                    f"{name} is missing weights {sorted(info['missing_keys'])[:10]}: refusing to build a model whose "
-                    "frozen parts would be random."
-                )
-        if image_size % patch_size:
-            raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size}).")
-        vfm_config = vfm.config.to_dict()
-        vfm_config.update(patch_size=patch_size, image_size=image_size)
-        for key in ("out_features", "out_indices", "stage_names"):
-            vfm_config.pop(key, None)
+        if depth_info.get("missing_keys"):
+            raise RuntimeError(
+                f"{depth_name_or_path} is missing weights {sorted(depth_info['missing_keys'])[:10]}: refusing to build "
+                "a model whose frozen parts would be random."
+            )
+        if depth_model.config.model_type not in ("depth_anything", "prompt_depth_anything"):
+            raise ValueError(
+                f"{depth_name_or_path} is a {depth_model.config.model_type!r} model; the depth encoder must come from "
+                "Depth Anything (V2) or Prompt Depth Anything (DepthForge V2)."
+            )
         depth_config = depth_model.config.to_dict()
         depth_config["backbone_config"].update(patch_size=patch_size, image_size=image_size)
         depth_config["patch_size"] = patch_size
@@ -1375,14 +1564,13 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
         )
         model = cls(config)
         grid = image_size // patch_size
-        for target, source in ((model.depthforge.vfm, vfm), (model.depthforge.depth_encoder, depth_model.backbone)):
-            state = source.state_dict()
-            state["embeddings.patch_embeddings.projection.weight"] = resize_patch_embedding_kernel(
-                state["embeddings.patch_embeddings.projection.weight"], patch_size
-            )
-            state["embeddings.position_embeddings"] = resize_position_table(
-                state["embeddings.position_embeddings"], grid, grid
-            )
+        for target, state, model_type in (
+            (model.depthforge.vfm, vfm_state, config.vfm_config.model_type),
+            (model.depthforge.depth_encoder, depth_model.backbone.state_dict(), "dinov2"),
+        ):
+            kernel_key, table_key = PATCH_AND_POSITION_KEYS[model_type]
+            state[kernel_key] = resize_patch_embedding_kernel(state[kernel_key], patch_size)
+            state[table_key] = resize_position_table(state[table_key], grid, grid)
             target.load_state_dict(state, strict=True)
         model.depthforge.freeze_foundation_models()
         return model
