@@ -1,5 +1,6 @@
 """Training loop tests (issue 6): official optimiser groups and schedule, atomic checkpoints, bitwise resume."""
 
+import json
 import os
 
 import pytest
@@ -195,3 +196,82 @@ def test_trackers_are_chosen_from_report_to():
 
     installed = importlib.util.find_spec("tensorboard") is not None
     assert resolve_trackers("auto") == (["tensorboard"] if installed else [])
+
+
+def test_real_recipes_start_from_the_papers_pretrained_pair_and_presets_pick_others(monkeypatch, tmp_path):
+    """The official recipes never train random encoders: they load the paper's pair (a `presets.PRESETS` name) from
+    the Hub; `--model <preset>` loads another pair. The download is replaced by a recorder here (offline)."""
+    from depthforge_hf.training import RECIPES, build_model
+
+    calls = []
+
+    def fake_from_pretrained_backbones(cls, vfm, depth, **kwargs):
+        calls.append((vfm, depth, kwargs))
+        return DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs()))
+
+    monkeypatch.setattr(DepthForgeForSemanticSegmentation, "from_pretrained_backbones",
+                        classmethod(fake_from_pretrained_backbones))
+    for recipe in ("gta2cityscapes", "cityscapes2acdc", "custom"):
+        build_model(TrainingConfig(**RECIPES[recipe], output_dir=str(tmp_path)))
+    assert [call[:2] for call in calls] == [("facebook/dinov2-large", "depth-anything/Depth-Anything-V2-Large-hf")] * 3
+    assert calls[0][2] == {"image_size": 512}
+
+    calls.clear()
+    build_model(TrainingConfig(model="dinov2-small+da2-small", crop_size=256), num_labels=5)
+    build_model(TrainingConfig(model="dinov2-large+da2-small"))
+    assert calls == [
+        ("facebook/dinov2-small", "depth-anything/Depth-Anything-V2-Small-hf", {"image_size": 256, "num_labels": 5}),
+        # unequal sizes: the preset opts into the documented pairing extension
+        ("facebook/dinov2-large", "depth-anything/Depth-Anything-V2-Small-hf",
+         {"image_size": 512, "allow_encoder_size_mismatch": True}),
+    ]
+
+
+def test_encoders_of_unequal_size_train_only_with_the_extension_flag(tmp_path):
+    from test_encoder_pairs import save_depth_model
+    from test_modeling import save_pretrained_parts
+
+    save_pretrained_parts(tmp_path)  # DINOv2 of width 32
+    save_depth_model(tmp_path / "narrow-depth", hidden_size=16, num_hidden_layers=8)
+    kwargs = dict(vfm=str(tmp_path / "dinov2"), depth=str(tmp_path / "narrow-depth"), max_steps=1, save_every=0,
+                  synthetic_eval_samples=1)
+    with pytest.raises(Exception, match="Set allow_encoder_size_mismatch=True"):
+        train(run_config(tmp_path / "refused", "demo", **kwargs))
+    summary = train(run_config(tmp_path / "extension", "demo", allow_encoder_size_mismatch=True, **kwargs))
+    loaded = DepthForgeForSemanticSegmentation.from_pretrained(summary["model_dir"])
+    assert loaded.depthforge.depth_projection.weight.shape == (32, 16)
+    assert loaded.depthforge.paired_depth_layers == [1, 3, 5, 7]
+
+
+def test_push_to_hub_uploads_the_run_and_is_checked_before_training(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub import ModelCard, constants
+    from test_hub import FakeHfApi
+
+    model_dir = tiny_model(tmp_path)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
+        train(run_config(tmp_path / "offline", model_dir, push_to_hub="someone/depthforge-run"))
+    assert not os.path.exists(tmp_path / "offline" / "run" / "checkpoint-3")  # refused before any step
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(Exception, match="[Rr]epo"):
+        train(run_config(tmp_path / "bad-id", model_dir, push_to_hub="not a repo id"))
+
+    api = FakeHfApi()
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: api)
+    config = run_config(tmp_path, model_dir, max_steps=2, save_every=0, synthetic_eval_samples=1,
+                        push_to_hub="someone/depthforge-run", hub_private=True)
+    summary = train(config)
+    assert [call[0] for call in api.calls] == ["create_repo", "upload_folder"]
+    assert api.calls[0][1] == "someone/depthforge-run" and api.calls[0][2]["private"] is True
+    uploaded = tmp_path / "run" / "hub-repo"
+    from depthforge_hf.hub import folder_fingerprint
+
+    assert api.uploaded == folder_fingerprint(uploaded) and "model.safetensors" in api.uploaded
+    card = ModelCard.load(uploaded / "README.md")
+    evaluation = json.loads((tmp_path / "run" / "evaluation.json").read_text())["evaluation"]
+    scores = {result.dataset_name: result.metric_value for result in card.data.eval_results
+              if result.metric_name == "mIoU"}
+    assert scores and all(scores[domain] == round(evaluation[domain]["mIoU"], 2) for domain in scores)
+    assert summary["hub_commit"] == "fake-commit"

@@ -10,6 +10,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .evaluation import SYNTHETIC_SOURCE, read_evaluation
+from .presets import PRESETS
 
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "depthforge_model_card.md"
 
@@ -24,6 +25,12 @@ BASE_MODEL_LICENSES = {
     "depth-anything/Depth-Anything-V2-Small": "apache-2.0",
     "depth-anything/Depth-Anything-V2-Base": "cc-by-nc-4.0",
     "depth-anything/Depth-Anything-V2-Large": "cc-by-nc-4.0",
+    # the encoders of the named presets (EVA02, Prompt Depth Anything, ...), with the licences their Hub cards state
+    **{
+        encoder.hub_id: encoder.licence.lower()
+        for preset in PRESETS.values()
+        for encoder in (preset.vfm, preset.depth)
+    },
 }
 # Ordered from permissive to restrictive; a weight derived from several bases carries the most restrictive one.
 LICENSE_RESTRICTIVENESS = {

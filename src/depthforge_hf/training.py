@@ -37,10 +37,14 @@ class TrainingConfig:
 
     recipe: str = "demo"
     output_dir: str = "runs/depthforge-demo"
-    # model: a preset name ("demo", "paper"), or a saved model directory to continue from
+    # model: "demo" (tiny, random-initialised), "paper" (the paper's architecture with RANDOM encoders: benchmarks
+    # only), a pretrained encoder pair of `depthforge_hf.presets.PRESETS` (e.g. "dinov2-large+da2-large", the paper;
+    # downloaded from the Hub), or a saved model directory to continue from
     model: str = "demo"
     vfm: str | None = None  # pretrained DINOv2 (Hub id or folder), with `depth`, for `from_pretrained_backbones`
     depth: str | None = None
+    # --vfm/--depth of different widths or depths: the documented pairing extension (off = the paper's 1:1 pairing)
+    allow_encoder_size_mismatch: bool = False
     # adapters: a DepthForge adapter (`save_adapter` folder) or a peft LoRA adapter folder to continue from; a
     # DepthForge adapter on a preset `model` brings its own recorded base models (`from_adapter`)
     adapter: str | None = None
@@ -87,6 +91,9 @@ class TrainingConfig:
     max_consecutive_nonfinite: int = 5  # non-finite losses in a row that stop the run (each one skips its step)
     resume: str | None = None  # "latest" or a checkpoint folder
     stop_after: int | None = None  # end this run after N steps with a checkpoint (time-limited jobs); resume later
+    # at the end, upload the model folder with its card and evaluation to this Hub repository (`depthforge_hf.hub`)
+    push_to_hub: str | None = None
+    hub_private: bool = False
 
     def __post_init__(self):
         choices = {"schedule": ("onecycle", "poly"), "mixed_precision": ("no", "bf16", "fp16"),
@@ -109,13 +116,19 @@ class TrainingConfig:
                              f"{self.weight_decay}.")
 
 
+# The real recipes start from the paper's pretrained pair (DINOv2-L + Depth Anything V2-L from the Hub), never from
+# random encoders; `--model` picks another pair of `presets.PRESETS`, `--vfm/--depth` any checkpoints.
+PAPER_PRESET = "dinov2-large+da2-large"
+
 RECIPES = {
     # GTAV -> Cityscapes / BDD100K / Mapillary (official depthforge_dinov2_mask2former_512x512_bs1x4.py)
-    "gta2cityscapes": dict(model="paper", max_steps=50_000, batch_size=5, schedule="onecycle", eval_scale=None),
+    "gta2cityscapes": dict(
+        model=PAPER_PRESET, max_steps=50_000, batch_size=5, schedule="onecycle", eval_scale=None
+    ),
     # Cityscapes -> ACDC fog/night/rain/snow + BDD100K + Mapillary (..._bs1x4_citys.py)
-    "cityscapes2acdc": dict(model="paper", max_steps=40_000, batch_size=5, schedule="onecycle"),
+    "cityscapes2acdc": dict(model=PAPER_PRESET, max_steps=40_000, batch_size=5, schedule="onecycle"),
     # Your own data: same optimiser, schedule and augmentation
-    "custom": dict(model="paper"),
+    "custom": dict(model=PAPER_PRESET),
     # Offline CPU demo on the synthetic benchmark (the README's first command)
     "demo": dict(
         model="demo", max_steps=300, batch_size=4, crop_size=256, learning_rate=1e-3, save_every=150,
@@ -180,7 +193,10 @@ def build_model(config: TrainingConfig, num_labels: int | None = None):
     from .lora import add_lora, is_lora_adapter, load_lora
 
     lora_adapter = config.adapter is not None and is_lora_adapter(config.adapter)
-    if config.adapter and not lora_adapter and not (config.vfm or config.depth) and config.model in ("demo", "paper"):
+    from .presets import PRESETS
+
+    preset_model = config.model in ("demo", "paper") or config.model in PRESETS
+    if config.adapter and not lora_adapter and not (config.vfm or config.depth) and preset_model:
         with open(os.path.join(config.adapter, "adapter_config.json")) as handle:
             recorded = json.load(handle)
         if recorded.get("vfm_pretrained_id") or recorded.get("base_model_name_or_path"):
@@ -206,7 +222,7 @@ def lora_arguments(config: TrainingConfig) -> dict:
 
 
 def build_base_model(config: TrainingConfig, num_labels: int | None = None) -> DepthForgeForSemanticSegmentation:
-    from .presets import demo_config, paper_config
+    from .presets import PRESETS, demo_config, paper_config
 
     if config.vfm or config.depth:
         if not (config.vfm and config.depth):
@@ -218,9 +234,14 @@ def build_base_model(config: TrainingConfig, num_labels: int | None = None) -> D
                                              "decoder_layers", "num_attention_heads", "encoder_feedforward_dim",
                                              "decoder_feedforward_dim", "group_norm_groups", "train_num_points")}
             extra.update(head)
+        if config.allow_encoder_size_mismatch:
+            extra["allow_encoder_size_mismatch"] = True
         return DepthForgeForSemanticSegmentation.from_pretrained_backbones(
             config.vfm, config.depth, image_size=config.crop_size, **extra
         )
+    if config.model in PRESETS:
+        extra = {"num_labels": num_labels} if num_labels not in (None, 19) else {}
+        return PRESETS[config.model].from_pretrained(image_size=config.crop_size, **extra)
     if config.model in ("demo", "paper"):
         builder = demo_config if config.model == "demo" else paper_config
         overrides = {"num_labels": num_labels} if num_labels not in (None, 19) else {}
@@ -696,6 +717,8 @@ def train(config: TrainingConfig) -> dict:
     os.makedirs(config.output_dir, exist_ok=True)
     if not os.access(config.output_dir, os.W_OK):
         raise PermissionError(f"Output directory {config.output_dir} is not writable; choose another --output-dir.")
+    if config.push_to_hub:
+        check_hub_access(config.push_to_hub)  # before hours of training, not after
     trackers = resolve_trackers(config.report_to)
     accelerator = make_accelerator(config, trackers)
     set_seed(config.seed)  # same seed everywhere: identical initial weights on every process
@@ -858,6 +881,8 @@ def train(config: TrainingConfig) -> dict:
         summary["best"] = best
     if accelerator.is_main_process:
         summary.update(export_run(accelerator.unwrap_model(model), config, results, history, eval_sets))
+        if config.push_to_hub:
+            summary["hub_commit"] = push_run_to_hub(summary, config)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
@@ -929,6 +954,33 @@ def export_run(model, config: TrainingConfig, results: dict, history: list[dict]
     if history:
         paths["curve"] = save_training_curve(history, os.path.join(config.output_dir, "training_curve.png"))
     return paths
+
+
+def check_hub_access(repo_id: str) -> None:
+    """Fail early when `--push-to-hub` cannot work: offline mode, no token, or a malformed repository id."""
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.utils import validate_repo_id
+
+    validate_repo_id(repo_id)
+    if constants.HF_HUB_OFFLINE:
+        raise RuntimeError(f"--push-to-hub {repo_id} needs the Hub, but HF_HUB_OFFLINE is set; unset it, or drop "
+                           "--push-to-hub and upload later with `depthforge push-to-hub <output-dir>/model`.")
+    if get_token() is None:
+        raise RuntimeError(f"--push-to-hub {repo_id} needs a Hub token: run `hf auth login` or set HF_TOKEN.")
+
+
+def push_run_to_hub(summary: dict, config: TrainingConfig) -> str:
+    """Upload the final model folder (weights, processor, code, card, evaluation) as one commit; returns its URL."""
+    from .hub import push_to_hub
+
+    # the repository folder is kept beside the run (`hub-repo/`): exactly what was uploaded
+    commit = push_to_hub(
+        summary["model_dir"], config.push_to_hub, folder=os.path.join(config.output_dir, "hub-repo"),
+        evaluation=summary.get("evaluation_report"),
+        training_config=asdict(config), private=config.hub_private or None,
+        commit_message=f"DepthForge {config.recipe} run, step {summary['step']}",
+    )
+    return str(getattr(commit, "commit_url", commit))
 
 
 def save_model_dir(model, path: str) -> None:
