@@ -5,6 +5,11 @@ cv2-style bilinear interpolation, ImageNet normalisation on the 0-255 scale. Lab
 neighbour only. `post_process_semantic_segmentation` resizes the model's `logits` (already at the input resolution)
 bilinearly to each original size and takes the argmax, the official last step.
 
+Bad images are refused with a clear error, never turned into silent garbage: `ValueError` for an empty image (0 pixels
+high or wide), an unusable shape or channel count, a non-numeric dtype or NaN / infinite values, and
+`PIL.Image.DecompressionBombError` for a PIL image with more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (checked before
+the pixels are decoded). Any aspect ratio works (a 1 x 2000 strip is segmented at its own size).
+
 This file ships with saved checkpoints as remote code: only relative imports, no training libraries.
 """
 
@@ -26,6 +31,9 @@ from transformers.image_utils import (
 )
 from transformers.image_utils import ImageType as _ImageType
 
+# Channel counts an image array may have: grey, grey + alpha, RGB, RGBA.
+CHANNEL_COUNTS = (1, 2, 3, 4)
+
 # -------------------------------------------------------------------------------------------------------------------
 # Robust conversion of any image to RGB
 # -------------------------------------------------------------------------------------------------------------------
@@ -36,19 +44,28 @@ def _scale_to_255(array: np.ndarray, mode: str | None = None) -> np.ndarray:
 
     uint8 stays as is. 16-bit data (uint16 arrays, PIL modes `I;16*`) is divided by 257 (65535 -> 255). PIL's 32-bit
     `I` mode, which Pillow also uses for 16-bit PNGs, is treated as 16-bit when its maximum exceeds 255. Floats are
-    taken as [0, 1] when their maximum is at most 1, else as [0, 255]. bool becomes 0/255.
+    taken as [0, 1] when their maximum is at most 1, else as [0, 255] (values outside are clipped); NaN or infinite
+    values are an error (they have no colour). bool becomes 0/255.
     """
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
-        array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise ValueError(
+                f"The image holds {array.size - int(finite.sum())} NaN or infinite values: they have no colour. "
+                "Replace them first (e.g. numpy.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0))."
+            )
+        array = array.astype(np.float32)
         if array.size and array.max() <= 1.0:
             array = array * 255.0
         return np.clip(array, 0.0, 255.0)
     if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"Unsupported image dtype {array.dtype}.")
+        raise ValueError(
+            f"Unsupported image dtype {array.dtype}: pass uint8, another integer type, bool or float values."
+        )
     if array.dtype == np.uint16 or (mode or "").startswith("I;16"):
         return array.astype(np.float32) / 257.0
     peak = int(array.max()) if array.size else 0
@@ -59,14 +76,42 @@ def _scale_to_255(array: np.ndarray, mode: str | None = None) -> np.ndarray:
     return np.clip(array, 0, None).astype(np.float32) * (255.0 / peak)
 
 
+def check_image_size(height: int, width: int) -> None:
+    """Raise a clear `ValueError` for an image without pixels (the keep-ratio resize has nothing to scale)."""
+    if height < 1 or width < 1:
+        raise ValueError(
+            f"The image is empty ({height} x {width} pixels, height x width): there is nothing to segment. Leave "
+            "empty images out before calling the processor."
+        )
+
+
+def check_decompression_bomb(image: Image.Image) -> None:
+    """Refuse a PIL image with more pixels than `PIL.Image.MAX_IMAGE_PIXELS` before its pixels are decoded.
+
+    `Image.open` only warns between the limit and twice the limit (and reads nothing but the header): the decoding
+    happens when the processor reads the pixels, so this is where the limit is enforced as an error.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = image.width * image.height
+    if limit is not None and pixels > limit:
+        raise Image.DecompressionBombError(
+            f"The image has {image.width} x {image.height} = {pixels} pixels, more than PIL.Image.MAX_IMAGE_PIXELS "
+            f"({limit}), the decompression-bomb limit. If the image is trusted, raise the limit "
+            "(PIL.Image.MAX_IMAGE_PIXELS = None disables it) or downscale the image first."
+        )
+
+
 def pil_to_rgb_array(image: Image.Image) -> np.ndarray:
     """(H, W, 3) RGB array of any PIL image: uint8 for 8-bit sources, float32 in [0, 255] for deeper ones.
 
     Transparency (RGBA, LA, PA, palette or colour-key transparency) is composited onto white, as transformers'
     `convert_to_rgb` does; grayscale and 1-bit images are repeated over the channels; 16-bit and 32-bit grayscale are
     rescaled (not clipped, as `Image.convert("RGB")` would); CMYK, YCbCr, LAB and HSV go through PIL's conversion.
-    EXIF orientation is not applied here (callers that open files apply `ImageOps.exif_transpose` first).
+    EXIF orientation is not applied here (callers that open files apply `ImageOps.exif_transpose` first). Images over
+    `PIL.Image.MAX_IMAGE_PIXELS` are refused before decoding (see `check_decompression_bomb`).
     """
+    check_image_size(image.height, image.width)
+    check_decompression_bomb(image)
     mode = image.mode
     if mode in ("I", "F") or mode.startswith("I;16"):
         array = np.asarray(image)
@@ -84,9 +129,31 @@ def pil_to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def infer_channel_layout(shape: tuple[int, ...]) -> ChannelDimension:
+    """Channels first or last for a 3-D image array of `shape`.
+
+    When both ends could hold channels (1-4), the end with 3 or 4 (colour) channels wins: (1, 2000, 3) is a 1 x 2000
+    RGB strip, not a 2000 x 3 grey image, and (1, 1, 3) one RGB pixel. Real ties, e.g. (3, 5, 3), are read channels
+    first as transformers does (with its warning); pass `input_data_format` to decide explicitly.
+    """
+    first, last = shape[0] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
+    if first and last:
+        first_colour, last_colour = shape[0] in (3, 4), shape[-1] in (3, 4)
+        if first_colour != last_colour:
+            return ChannelDimension.LAST if last_colour else ChannelDimension.FIRST
+        return infer_channel_dimension_format(np.broadcast_to(np.uint8(0), shape), num_channels=CHANNEL_COUNTS)
+    if first or last:
+        return ChannelDimension.FIRST if first else ChannelDimension.LAST
+    raise ValueError(
+        f"Cannot find the channels of an image of shape {tuple(shape)}: expected (H, W), (H, W, C) or (C, H, W) with "
+        "C = 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA)."
+    )
+
+
 def array_to_rgb_array(array: np.ndarray, input_data_format: ChannelDimension | str | None = None) -> np.ndarray:
     """(H, W, 3) RGB array from a NumPy array: (H, W), (H, W, C) or (C, H, W) with C in 1, 2, 3, 4 (2 = gray +
-    alpha, 4 = RGBA; alpha is composited onto white). Values are brought to [0, 255] (see `_scale_to_255`)."""
+    alpha, 4 = RGBA; alpha is composited onto white). Values are brought to [0, 255] (see `_scale_to_255`). The
+    layout is `input_data_format` when given, else inferred (see `infer_channel_layout`)."""
     array = np.asarray(array)
     if array.ndim == 2:
         array = array[..., None]
@@ -94,12 +161,15 @@ def array_to_rgb_array(array: np.ndarray, input_data_format: ChannelDimension | 
         raise ValueError(f"Expected an image of shape (H, W), (H, W, C) or (C, H, W); got {array.shape}.")
     else:
         if input_data_format is None:
-            input_data_format = infer_channel_dimension_format(array, num_channels=(1, 2, 3, 4))
+            input_data_format = infer_channel_layout(array.shape)
         if ChannelDimension(input_data_format) == ChannelDimension.FIRST:
             array = np.moveaxis(array, 0, -1)
     channels = array.shape[-1]
-    if channels not in (1, 2, 3, 4):
-        raise ValueError(f"Expected 1, 2, 3 or 4 channels, got {channels} (shape {array.shape}).")
+    if channels not in CHANNEL_COUNTS:
+        raise ValueError(
+            f"Expected 1, 2, 3 or 4 channels, got {channels} (shape {array.shape} as height, width, channels)."
+        )
+    check_image_size(*array.shape[:2])
     array = _scale_to_255(array)
     if channels in (2, 4):
         color, alpha = array[..., :-1].astype(np.float32), array[..., -1:].astype(np.float32) / 255.0
@@ -243,13 +313,36 @@ class DepthForgeImageProcessor(PilBackend):
         """
         return super().preprocess(images, segmentation_maps, **kwargs)
 
+    def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> ImageInput:
+        """A flat list of images. Unlike transformers' flattening, (H, W) grey arrays and tensors count as one image
+        each (alone or in a list); arrays of any other rank than 2, 3 (one image) or 4 (a batch) are a clear error."""
+        if expected_ndims != 3:  # label maps
+            return super()._prepare_images_structure(images, expected_ndims=expected_ndims)
+        candidates = list(images) if isinstance(images, (list, tuple)) else [images]
+        ranks = [None if isinstance(image, Image.Image) else getattr(image, "ndim", None) for image in candidates]
+        for image, rank in zip(candidates, ranks, strict=True):
+            if isinstance(image, (np.ndarray, torch.Tensor)) and rank not in (2, 3, 4):
+                raise ValueError(
+                    "Expected an image of shape (H, W), (H, W, C) or (C, H, W), or a batch (N, ...) of them; got an "
+                    f"array of shape {tuple(image.shape)}."
+                )
+        if 2 in ranks and all(rank in (None, 2, 3) for rank in ranks):
+            return candidates
+        return super()._prepare_images_structure(images, expected_ndims=expected_ndims)
+
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs) -> np.ndarray:
-        """Any supported image to a channels-first array (RGB when `do_convert_rgb`)."""
+        """Any supported image to a channels-first array (RGB when `do_convert_rgb`); empty images and PIL images over
+        the decompression-bomb limit are refused (see the module docstring)."""
         if get_image_type(image) not in (_ImageType.PIL, _ImageType.TORCH, _ImageType.NUMPY):
             raise ValueError(f"Unsupported image type {type(image)}.")
         if do_convert_rgb or do_convert_rgb is None:
             return np.moveaxis(to_rgb_array(image, input_data_format), -1, 0)
-        return super().process_image(image, do_convert_rgb=False, input_data_format=input_data_format)
+        if isinstance(image, Image.Image):
+            check_image_size(image.height, image.width)
+            check_decompression_bomb(image)
+        array = super().process_image(image, do_convert_rgb=False, input_data_format=input_data_format)
+        check_image_size(*array.shape[-2:])
+        return array
 
     def _preprocess_image_like_inputs(
         self,
