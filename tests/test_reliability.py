@@ -404,6 +404,161 @@ def test_a_damaged_checkpoint_is_detected_and_resume_falls_back_to_an_intact_one
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Disk full or unwritable output directory: refused before training where it can be detected; a full disk while
+# writing a checkpoint leaves the previous one intact and the run resumes from it
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def folder_bytes(path) -> int:
+    import pathlib
+
+    return sum(item.stat().st_size for item in pathlib.Path(path).rglob("*") if item.is_file())
+
+
+def test_an_output_dir_with_a_file_in_the_way_is_refused_before_training(tmp_path):
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import train
+
+    (tmp_path / "taken").write_text("a file, not a folder")
+    config = run_config(tmp_path, tiny_model(tmp_path), max_steps=1, output_dir=str(tmp_path / "taken" / "run"))
+    with pytest.raises(NotADirectoryError, match=r"Output directory .*taken/run is not writable .*--output-dir"):
+        train(config)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only (0o555) folders: run as a normal user")
+def test_a_read_only_output_dir_is_refused_before_training(tmp_path):
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import train
+
+    config = run_config(tmp_path, tiny_model(tmp_path), max_steps=1)
+    os.makedirs(config.output_dir)
+    os.chmod(config.output_dir, 0o555)
+    try:
+        with pytest.raises(PermissionError, match=r"Output directory .*run is not writable .*--output-dir"):
+            train(config)
+        assert os.listdir(config.output_dir) == []
+    finally:
+        os.chmod(config.output_dir, 0o755)
+
+
+def test_a_run_that_does_not_fit_on_the_disk_is_refused_before_training(tmp_path, monkeypatch):
+    import collections
+    import shutil
+
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf import training
+    from depthforge_hf.training import disk_needs, list_checkpoints, train
+
+    model_dir = tiny_model(tmp_path)
+    # stop_after ends each run with a checkpoint, before the final evaluation and export (quicker)
+    config = run_config(tmp_path, model_dir, max_steps=3, save_every=1, keep_last=1, stop_after=1)
+    needed = sum(disk_needs(DepthForgeForSemanticSegmentation.from_pretrained(model_dir), config).values())
+    usage, real_usage = collections.namedtuple("usage", "total used free"), shutil.disk_usage
+
+    def disk_usage_with(free):
+        return lambda path: usage(real_usage(path).total, real_usage(path).used, free)
+
+    monkeypatch.setattr(training.shutil, "disk_usage", disk_usage_with(needed - 1))
+    with pytest.raises(OSError, match=r"Not enough free disk space") as raised:
+        train(config)
+    message = str(raised.value)
+    assert raised.value.errno == __import__("errno").ENOSPC
+    assert f"({needed} bytes: checkpoints" in message and f"({needed - 1} bytes) are free" in message
+    assert "--keep-last (now 1)" in message and "--no-check-disk-space" in message and "--output-dir" in message
+    assert list_checkpoints(config.output_dir) == []  # refused before the first step
+    monkeypatch.setattr(training.shutil, "disk_usage", disk_usage_with(needed))  # exactly enough
+    assert train(config)["step"] == 1
+    monkeypatch.setattr(training.shutil, "disk_usage", disk_usage_with(0))  # the check can be turned off
+    unchecked = run_config(tmp_path / "unchecked", model_dir, max_steps=3, stop_after=1, check_disk_space=False)
+    assert train(unchecked)["step"] == 1
+
+
+def test_the_disk_estimate_covers_what_a_run_writes(tmp_path):
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import disk_needs, train
+
+    model_dir = tiny_model(tmp_path)
+    config = run_config(tmp_path, model_dir, max_steps=4, save_every=2, keep_last=1)
+    needs = disk_needs(DepthForgeForSemanticSegmentation.from_pretrained(model_dir), config)
+    train(config)
+    run = tmp_path / "run"
+    # keep_last 1: checkpoint-4 is written while checkpoint-2 still exists, two at the peak
+    assert needs["checkpoints"] >= 2 * folder_bytes(run / "checkpoint-4")
+    assert needs["model export"] >= folder_bytes(run / "model") + folder_bytes(run / "adapter")
+    assert sum(needs.values()) >= folder_bytes(run) + folder_bytes(run / "checkpoint-4")
+
+
+def full_disk_writer(real_writer, path_argument: int, fail_on_call: int, error: Exception):
+    """`real_writer`, except that its call number `fail_on_call` (1-based) leaves half of its file (positional argument
+    `path_argument`) and raises `error`, as a write that runs out of disk space does."""
+    calls = {"n": 0}
+
+    def writer(*args, **kwargs):
+        calls["n"] += 1
+        result = real_writer(*args, **kwargs)
+        if calls["n"] == fail_on_call:
+            path = args[path_argument]
+            with open(path, "r+b") as handle:
+                handle.truncate(os.path.getsize(path) // 2)
+            raise error
+        return result
+
+    return writer
+
+
+@pytest.mark.parametrize(
+    "writer, path_argument, error",
+    [
+        ("save_file", 1, OSError(28, "No space left on device")),
+        # what safetensors really raises on a full disk (seen on a full tmpfs)
+        ("save_file", 1, __import__("safetensors").SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)")),
+        ("write_bytes", 0, OSError(28, "No space left on device")),
+    ],
+    ids=["weights, OSError", "weights, safetensors' error", "optimizer state"],
+)
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_the_run_resumes(
+    tmp_path, monkeypatch, capsys, writer, path_argument, error
+):
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf import training
+    from depthforge_hf.training import list_checkpoints, mount_point, train, verify_checkpoint
+
+    model_dir = tiny_model(tmp_path)
+    # the second call of the writer is checkpoint-4's: its trainable weights, or its optimizer state
+    monkeypatch.setattr(training, writer, full_disk_writer(getattr(training, writer), path_argument, 2, error))
+    # stop_after: the runs end with a checkpoint at step 4, before the final evaluation and export (quicker)
+    config = run_config(tmp_path, model_dir, max_steps=6, save_every=2, keep_last=5, stop_after=4)
+    with pytest.raises(OSError) as raised:
+        train(config)
+    message = str(raised.value)
+    assert "Could not write checkpoint-4 (the disk is full)" in message and raised.value.errno == 28
+    assert f"on {mount_point(config.output_dir)}, the file system of {config.output_dir}" in message
+    assert "checkpoint-2, is intact" in message and "--resume latest" in message
+    run = tmp_path / "run"
+    assert [os.path.basename(path) for path in list_checkpoints(str(run))] == ["checkpoint-2"]
+    verify_checkpoint(str(run / "checkpoint-2"))
+    assert not [name for name in os.listdir(run) if "checkpoint-4" in name]  # no half-written folder left behind
+
+    monkeypatch.undo()
+    capsys.readouterr()
+    resumed = train(run_config(tmp_path, model_dir, max_steps=6, save_every=2, keep_last=5, stop_after=2,
+                               resume="latest"))
+    assert f"resumed from {run / 'checkpoint-2'} at step 2" in capsys.readouterr().out
+    assert resumed["step"] == 4
+    verify_checkpoint(str(run / "checkpoint-4"))
+    # the same weights as a run that never met a full disk
+    train(run_config(tmp_path / "reference", model_dir, max_steps=6, save_every=2, keep_last=5, stop_after=4))
+    reference = load_file(str(tmp_path / "reference" / "run" / "checkpoint-4" / "trainable.safetensors"))
+    assert_same_weights(run / "checkpoint-4" / "trainable.safetensors", reference)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Config validation
 # ----------------------------------------------------------------------------------------------------------------------
 

@@ -8,10 +8,13 @@ mixed precision and gradient accumulation through accelerate, atomic checkpoints
 """
 
 import argparse
+import errno
+import io
 import json
 import os
 import random
 import shutil
+import tempfile
 import time
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -94,6 +98,8 @@ class TrainingConfig:
     # at the end, upload the model folder with its card and evaluation to this Hub repository (`depthforge_hf.hub`)
     push_to_hub: str | None = None
     hub_private: bool = False
+    # refuse to start when the output folder's disk cannot hold the run's checkpoints and exports (`disk_needs`)
+    check_disk_space: bool = True
 
     def __post_init__(self):
         choices = {"schedule": ("onecycle", "poly"), "mixed_precision": ("no", "bf16", "fp16"),
@@ -264,28 +270,38 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, scheduler, dat
     final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
     staging = os.path.join(output_dir, f".tmp-{CHECKPOINT_PREFIX}{step}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    save_file(trainable_state(model), os.path.join(staging, "trainable.safetensors"))
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": {
-                "python": random.getstate(),
-                "numpy": _numpy_rng_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    try:
+        os.makedirs(staging)
+        save_file(trainable_state(model), os.path.join(staging, "trainable.safetensors"))
+        # torch.save serialises into memory and Python writes the file: a full disk then raises OSError(ENOSPC)
+        # instead of torch's "[enforce fail at inline_container.cc] unexpected pos", which does not say why
+        training_state = io.BytesIO()
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": {
+                    "python": random.getstate(),
+                    "numpy": _numpy_rng_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                },
             },
-        },
-        os.path.join(staging, "training_state.pt"),
-    )
-    with open(os.path.join(staging, "state.json"), "w") as handle:
-        json.dump({"step": step, **data_state}, handle)
-    for name in os.listdir(staging):
-        with open(os.path.join(staging, name), "rb") as handle:
-            os.fsync(handle.fileno())
-    # the marker, written last, holds every file's checksum: its presence means "complete", its content "intact"
-    write_text(os.path.join(staging, COMPLETE_MARKER), json.dumps(file_checksums(staging), indent=1))
+            training_state,
+        )
+        write_bytes(os.path.join(staging, "training_state.pt"), training_state.getbuffer())
+        with open(os.path.join(staging, "state.json"), "w") as handle:
+            json.dump({"step": step, **data_state}, handle)
+        for name in os.listdir(staging):
+            with open(os.path.join(staging, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        # the marker, written last, holds every file's checksum: its presence means "complete", its content "intact"
+        write_text(os.path.join(staging, COMPLETE_MARKER), json.dumps(file_checksums(staging), indent=1))
+    except WRITE_ERRORS as error:
+        # a full disk (or any failed write): remove the half-written staging folder (it frees the space it took;
+        # without its marker it was never taken for a checkpoint) and say what survived
+        shutil.rmtree(staging, ignore_errors=True)
+        raise write_error(error, output_dir, f"{CHECKPOINT_PREFIX}{step}") from error
     if os.path.exists(final):
         shutil.rmtree(final)
     os.replace(staging, final)
@@ -293,6 +309,63 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, scheduler, dat
     for old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def mount_point(path: str) -> str:
+    """The mount point of the file system that holds `path` (the "disk" an error message should name)."""
+    path = os.path.realpath(path)
+    while not os.path.ismount(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"  # pragma: no cover
+
+
+# How a failed write surfaces: OSError from Python's own files, SafetensorError ("... No space left on device (os
+# error 28)") from safetensors, RuntimeError ("[enforce fail at inline_container.cc] ...", no errno) from torch.save
+# writing a file itself (checkpoints avoid that, see `save_checkpoint`; `save_pretrained` may not).
+WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
+
+
+def write_error(error: Exception, output_dir: str, what: str) -> OSError:
+    """A clear error for a failed write of `what` into `output_dir` (whose half-written files the caller removed): it
+    names the disk (mount point) and its free space, the cause (full disk, quota, or the original error), and the last
+    complete checkpoint to resume from."""
+    number = getattr(error, "errno", None)
+    if number is None and ("No space left on device" in str(error) or "os error 28" in str(error)):
+        number = errno.ENOSPC
+    if number == errno.ENOSPC:
+        reason = "the disk is full"
+    elif number == errno.EDQUOT:
+        reason = "the disk quota is exceeded"
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    try:
+        free = format_bytes(shutil.disk_usage(output_dir).free)
+    except OSError:
+        free = "unknown"
+    intact = list_checkpoints(output_dir)
+    message = (
+        f"Could not write {what} ({reason}) on {mount_point(output_dir)}, the file system of {output_dir}, which has "
+        f"{free} free. The half-written files were removed. "
+    )
+    if intact:
+        message += (
+            f"The last complete checkpoint, {intact[-1]}, is intact: free some space (or lower --keep-last, or use "
+            "another disk for --output-dir) and continue with --resume latest."
+        )
+    else:
+        message += "No complete checkpoint exists yet: free some space (or choose another --output-dir) and start again."
+    return OSError(number, message) if number is not None else OSError(message)
 
 
 def file_checksums(folder: str) -> dict[str, str]:
@@ -559,13 +632,17 @@ def save_best(output_dir: str, step: int, model, score: float, results: dict) ->
     final = os.path.join(output_dir, "best")
     staging = os.path.join(output_dir, f".tmp-best-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    save_file(trainable_state(model), os.path.join(staging, "trainable.safetensors"))
-    evaluation = {d: {k: v for k, v in r.items() if k != "confusion"} if isinstance(r, dict) else r
-                  for d, r in results.items()}
-    write_json(os.path.join(staging, "state.json"), {"step": step, "score": score, "evaluation": evaluation})
-    with open(os.path.join(staging, COMPLETE_MARKER), "w") as handle:
-        handle.write("ok\n")
+    try:
+        os.makedirs(staging)
+        save_file(trainable_state(model), os.path.join(staging, "trainable.safetensors"))
+        evaluation = {d: {k: v for k, v in r.items() if k != "confusion"} if isinstance(r, dict) else r
+                      for d, r in results.items()}
+        write_json(os.path.join(staging, "state.json"), {"step": step, "score": score, "evaluation": evaluation})
+        with open(os.path.join(staging, COMPLETE_MARKER), "w") as handle:
+            handle.write("ok\n")
+    except WRITE_ERRORS as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise write_error(error, output_dir, "the best evaluation's weights (best/)") from error
     previous = os.path.join(output_dir, f".old-best-{os.getpid()}")
     if os.path.exists(final):
         os.replace(final, previous)
@@ -680,6 +757,67 @@ def resolve_resume(config: TrainingConfig) -> str | None:
     return config.resume
 
 
+def check_output_dir(path: str) -> None:
+    """Create the output folder and write a file in it, before any training: a clear error for a folder that cannot
+    be created or written (permissions, read-only file system, a file in the way), whoever runs it (`os.access` says
+    yes to root on a read-only mount)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        # OSError(errno, ...) builds the matching subclass (PermissionError, NotADirectoryError, ...)
+        raise OSError(
+            error.errno, f"Output directory {path} is not writable ({error.strerror or error}); choose another "
+            "--output-dir."
+        ) from error
+
+
+# Bytes besides the tensors: of a checkpoint (optimizer bookkeeping, RNG states, state.json, the marker), and of an
+# exported folder (the shipped code files, configs, model card).
+CHECKPOINT_OVERHEAD = EXPORT_OVERHEAD = 1 << 20
+# Safety margin on the estimate: file-system blocks, metadata, logs, evaluation reports, tracker files.
+DISK_MARGIN_FRACTION, DISK_MARGIN_BYTES = 0.1, 64 << 20
+
+
+def disk_needs(model: nn.Module, config: TrainingConfig, existing_checkpoints: int = 0) -> dict[str, int]:
+    """Estimated bytes this run will write to `output_dir` at its peak, by item.
+
+    A checkpoint holds the trainable weights and AdamW's two moments of each (3x the trainable bytes); `keep_last`
+    checkpoints are kept and a new one is complete before the oldest is removed, so keep_last + 1 exist at the peak
+    (fewer when the run saves fewer; complete checkpoints already in the folder count towards them). The export
+    writes the whole model (the frozen encoders too) and the trainable part as an adapter; with periodic evaluation,
+    `best/` and `model-best/` add as much again.
+    """
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    everything = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    checkpoint = 3 * trainable + CHECKPOINT_OVERHEAD
+    saves = (config.max_steps - 1) // config.save_every + 1 if config.save_every else 1  # periodic + the final one
+    at_peak = existing_checkpoints + saves
+    if config.keep_last:
+        at_peak = min(at_peak, config.keep_last + 1)
+    export = everything + EXPORT_OVERHEAD + trainable + EXPORT_OVERHEAD  # model/ and adapter/
+    needs = {"checkpoints": max(at_peak - existing_checkpoints, 1) * checkpoint, "model export": export}
+    if config.eval_every:
+        needs["best evaluation"] = export  # best/ (trainable weights) and model-best/
+    needs["margin"] = int(DISK_MARGIN_FRACTION * sum(needs.values())) + DISK_MARGIN_BYTES
+    return needs
+
+
+def check_disk_space(config: TrainingConfig, needs: dict[str, int]) -> None:
+    """Refuse to start a run whose checkpoints and exports do not fit on the output folder's disk."""
+    free, needed = shutil.disk_usage(config.output_dir).free, sum(needs.values())
+    if free < needed:
+        breakdown = ", ".join(f"{name} {format_bytes(size)}" for name, size in needs.items())
+        raise OSError(
+            errno.ENOSPC,
+            f"Not enough free disk space for this run: it needs about {format_bytes(needed)} ({needed} bytes: "
+            f"{breakdown}) on {mount_point(config.output_dir)} (the file system of {config.output_dir}), and "
+            f"{format_bytes(free)} ({free} bytes) are free. Free some space, choose another --output-dir, or lower "
+            f"--keep-last (now {config.keep_last}); --no-check-disk-space skips this check.",
+        )
+
+
 def make_accelerator(config: TrainingConfig, trackers: list[str] | None = None) -> Accelerator:
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
         # checked before accelerate's process-wide state is set up, which would then keep fp16 for this process
@@ -714,9 +852,7 @@ def train(config: TrainingConfig) -> dict:
 
     from .data.transforms import SegmentationCollator
 
-    os.makedirs(config.output_dir, exist_ok=True)
-    if not os.access(config.output_dir, os.W_OK):
-        raise PermissionError(f"Output directory {config.output_dir} is not writable; choose another --output-dir.")
+    check_output_dir(config.output_dir)
     if config.push_to_hub:
         check_hub_access(config.push_to_hub)  # before hours of training, not after
     trackers = resolve_trackers(config.report_to)
@@ -726,6 +862,8 @@ def train(config: TrainingConfig) -> dict:
     if config.crop_size % model.config.patch_size:
         raise ValueError(f"crop_size ({config.crop_size}) must be a multiple of the model's patch size "
                          f"({model.config.patch_size}), so that crops tile into whole patches.")
+    if config.check_disk_space and accelerator.is_main_process:  # the main process writes every checkpoint
+        check_disk_space(config, disk_needs(model, config, len(list_checkpoints(config.output_dir))))
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable()
     optimizer = torch.optim.AdamW(
@@ -990,8 +1128,12 @@ def save_model_dir(model, path: str) -> None:
 
     staging = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    DepthForgeImageProcessor().save_pretrained(staging)
+    try:
+        model.save_pretrained(staging)
+        DepthForgeImageProcessor().save_pretrained(staging)
+    except WRITE_ERRORS as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise write_error(error, os.path.dirname(os.path.abspath(path)), f"the model folder {path}") from error
     previous = f"{path}.old-{os.getpid()}"
     if os.path.exists(path):
         os.replace(path, previous)
@@ -999,10 +1141,20 @@ def save_model_dir(model, path: str) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def write_bytes(path: str, data) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
 def write_text(path: str, text: str) -> None:
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as handle:
-        handle.write(text)
+    try:
+        with open(temporary, "w") as handle:
+            handle.write(text)
+    except OSError:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
     os.replace(temporary, path)
 
 
