@@ -3,6 +3,7 @@
 import pytest
 import torch
 from conftest import tiny_config_kwargs, tiny_vit
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import (
     AutoBackbone,
     AutoConfig,
@@ -217,27 +218,71 @@ def test_images_without_labelled_pixels_train():
     loss.backward()
 
 
+def depth_vit_overrides(**changes) -> dict:
+    """`tiny_config_kwargs` overrides that change the depth encoder's ViT only."""
+    depth_config = tiny_config_kwargs()["depth_config"]
+    depth_config["backbone_config"].update(changes)
+    return {"depth_config": depth_config}
+
+
+def vfm_overrides(**changes) -> dict:
+    """`tiny_config_kwargs` overrides that change the visual model's ViT only."""
+    return {"vfm_config": {**tiny_vit(), **changes}}
+
+
+# Every impossible combination fails at construction with a message naming the field and the allowed values.
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"patch_size": 14}, "patch_size"),
-        ({"vit": {"image_size": 72}}, "image_size"),
-        ({"num_tokens": 1}, "num_tokens"),
-        ({"token_rank": -1}, "token_rank"),
-        ({"out_indices": [0, 1, 2]}, "out_indices"),
-        ({"out_indices": [0, 1, 2, 9]}, "out_indices"),
-        ({"out_indices": [2, 1, 2, 3]}, "strictly increasing"),
-        ({"feature_size": 48}, "feature_size"),
-        ({"group_norm_groups": 5}, "group_norm_groups"),
-        ({"num_feature_levels": 4}, "num_feature_levels"),
-        ({"num_deformable_points": 3}, "num_deformable_points"),
-        ({"decoder_layers": 0}, "decoder_layers"),
-        ({"importance_sample_ratio": 1.5}, "importance_sample_ratio"),
-        ({"ignore_index": 3}, "ignore_index"),
+        # patch size: both ViTs, the stored position table
+        ({"patch_size": 14}, r"vfm_config.patch_size is 16 but patch_size is 14: both ViTs must use"),
+        ({"patch_size": 0}, r"patch_size must be a positive integer, got 0"),
+        ({"vit": {"image_size": 72}}, r"vfm_config.image_size \(72\) must be a multiple of patch_size \(16\)"),
+        (vfm_overrides(image_size=0), r"vfm_config.image_size must be a positive integer, got 0"),
+        # the ViTs themselves
+        (vfm_overrides(num_attention_heads=3), r"vfm_config.hidden_size \(32\) must be divisible by "
+                                               r"vfm_config.num_attention_heads \(3\)"),
+        (depth_vit_overrides(num_attention_heads=5), r"depth_config.backbone_config.hidden_size \(32\) must be "
+                                                     r"divisible by depth_config.backbone_config.num_attention_heads"),
+        (vfm_overrides(hidden_size=0), r"vfm_config.hidden_size must be a positive integer, got 0"),
+        (vfm_overrides(num_hidden_layers=3), r"needs at least 4 layers to feed a 4-level pyramid, got 3"),
+        # tokens and queries (the queries are the tokens: num_queries == num_tokens)
+        ({"num_tokens": 1}, r"num_tokens must be at least 2 \(token 0 is the attention sink\), got 1"),
+        ({"num_tokens": 1, "link_tokens_to_queries": False}, r"num_tokens must be at least 2"),
+        ({"token_rank": -1}, r"token_rank must be >= 0 \(0 = full-rank tokens\), got -1"),
+        ({"token_scale_init": float("nan")}, r"token_scale_init must be a finite number, got nan"),
+        # pyramid indices
+        ({"out_indices": [0, 1, 2]}, r"out_indices must name 4 visual blocks .*got \[0, 1, 2\]"),
+        ({"out_indices": [0, 1, 2, 9]}, r"out_indices \[0, 1, 2, 9\] must lie in \[0, 3\] for 4 layers"),
+        ({"out_indices": [-1, 1, 2, 3]}, r"out_indices \[-1, 1, 2, 3\] must lie in \[0, 3\]"),
+        ({"out_indices": [2, 1, 2, 3]}, r"out_indices must be strictly increasing, got \[2, 1, 2, 3\]"),
+        # head widths
+        ({"feature_size": 48}, r"feature_size \(48\) must be a multiple of 32 .* and of group_norm_groups"),
+        ({"feature_size": 0}, r"feature_size must be a positive integer, got 0"),
+        ({"group_norm_groups": 5}, r"feature_size \(32\) must be a multiple of 32 .* and of group_norm_groups \(5\)"),
+        ({"group_norm_groups": 0}, r"group_norm_groups must be a positive integer, got 0"),
+        ({"num_attention_heads": 3}, r"feature_size \(32\) must be divisible by num_attention_heads \(3\)"),
+        ({"num_attention_heads": 0}, r"num_attention_heads must be a positive integer, got 0"),
+        ({"num_feature_levels": 4}, r"num_feature_levels must be 3 .*got 4"),
+        ({"num_deformable_points": 3}, r"num_deformable_points must be 4 .*got 3"),
+        ({"decoder_layers": 0}, r"decoder_layers must be a positive integer, got 0"),
+        ({"refinement_reduction": 64}, r"refinement_reduction \(64\) leaves no hidden channel .* use a value <= 32"),
+        # loss
+        ({"importance_sample_ratio": 1.5}, r"importance_sample_ratio must lie in \[0, 1\]"),
+        ({"oversample_ratio": 0.5}, r"oversample_ratio must be >= 1"),
+        ({"dice_weight": -1.0}, r"dice_weight must be a finite number >= 0, got -1.0"),
+        ({"no_object_weight": float("inf")}, r"no_object_weight must be a finite number >= 0, got inf"),
+        ({"class_weight": 0.0, "mask_weight": 0.0, "dice_weight": 0.0}, r"are all 0: the loss .* set at least one"),
+        # classes
+        ({"num_labels": 0}, r"at least one class \(num_labels >= 1\)"),
+        ({"ignore_index": 3}, r"ignore_index \(3\) collides with a class id \(num_labels = 19\)"),
+        # inference
+        ({"inference_mode": "tiles"}, r"inference_mode must be one of \('slide', 'whole'\), got 'tiles'"),
+        ({"inference_window_size": 64, "inference_stride": 65}, r"stride \(65, 65\) must not exceed the window"),
     ],
 )
 def test_invalid_configs_raise_clear_errors(overrides, message):
-    with pytest.raises(Exception, match=message):
+    with pytest.raises((StrictDataclassClassValidationError, ValueError), match=message):
         DepthForgeConfig(**tiny_config_kwargs(**overrides))
 
 

@@ -1,5 +1,7 @@
 """DepthForge model configuration."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -401,6 +403,26 @@ class DepthForgeConfig(PreTrainedConfig):
         depth_vit = depth.backbone_config
         if getattr(depth_vit, "model_type", None) != "dinov2":
             raise ValueError("depth_config.backbone_config must be a DINOv2 config: DepthForge runs its encoder only.")
+        # sizes first: the divisibility checks below need them positive
+        for name, value in (
+            ("patch_size", self.patch_size),
+            ("feature_size", self.feature_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("group_norm_groups", self.group_norm_groups),
+            ("vfm_config.hidden_size", vfm.hidden_size),
+            ("vfm_config.num_attention_heads", vfm.num_attention_heads),
+            ("vfm_config.image_size", vfm.image_size),
+            ("depth_config.backbone_config.hidden_size", depth_vit.hidden_size),
+            ("depth_config.backbone_config.num_attention_heads", depth_vit.num_attention_heads),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}.")
+        for name, vit in (("vfm_config", vfm), ("depth_config.backbone_config", depth_vit)):
+            if vit.hidden_size % vit.num_attention_heads:
+                raise ValueError(
+                    f"{name}.hidden_size ({vit.hidden_size}) must be divisible by {name}.num_attention_heads "
+                    f"({vit.num_attention_heads}): every head gets an equal share of the width."
+                )
         for name, value in (
             ("vfm_config.patch_size", vfm.patch_size),
             ("depth_config.backbone_config.patch_size", depth_vit.patch_size),
@@ -474,6 +496,16 @@ class DepthForgeConfig(PreTrainedConfig):
                 f"refinement_reduction ({self.refinement_reduction}) leaves no hidden channel for width "
                 f"{vfm.hidden_size}; use a value <= {vfm.hidden_size}."
             )
+        for name in ("class_weight", "mask_weight", "dice_weight", "no_object_weight", "initializer_range"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}.")
+        if self.class_weight == self.mask_weight == self.dice_weight == 0:
+            raise ValueError(
+                "class_weight, mask_weight and dice_weight are all 0: the loss (and the matching cost) would be zero "
+                "and nothing would train; set at least one > 0 (the paper: 2.0, 5.0, 5.0)."
+            )
+        if not math.isfinite(self.token_scale_init):
+            raise ValueError(f"token_scale_init must be a finite number, got {self.token_scale_init}.")
         if not 0.0 <= self.importance_sample_ratio <= 1.0 or self.oversample_ratio < 1.0:
             raise ValueError(
                 "importance_sample_ratio must lie in [0, 1] and oversample_ratio must be >= 1, got "
