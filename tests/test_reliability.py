@@ -492,6 +492,22 @@ def test_the_disk_estimate_covers_what_a_run_writes(tmp_path):
     assert sum(needs.values()) >= folder_bytes(run) + folder_bytes(run / "checkpoint-4")
 
 
+FULL_DISK_RUN = dict(max_steps=6, save_every=2, keep_last=5)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_4_without_a_full_disk(tmp_path_factory):
+    """Trainable weights at step 4 of the run the full-disk tests interrupt, trained without interruption."""
+    from test_training import run_config, tiny_model
+
+    from depthforge_hf.training import train
+
+    tmp_path = tmp_path_factory.mktemp("reference")
+    # stop_after: the run ends with a checkpoint at step 4, before the final evaluation and export (quicker)
+    train(run_config(tmp_path, tiny_model(tmp_path), stop_after=4, **FULL_DISK_RUN))
+    return load_file(str(tmp_path / "run" / "checkpoint-4" / "trainable.safetensors"))
+
+
 def full_disk_writer(real_writer, path_argument: int, fail_on_call: int, error: Exception):
     """`real_writer`, except that its call number `fail_on_call` (1-based) leaves half of its file (positional argument
     `path_argument`) and raises `error`, as a write that runs out of disk space does."""
@@ -522,7 +538,7 @@ def full_disk_writer(real_writer, path_argument: int, fail_on_call: int, error: 
     ids=["weights, OSError", "weights, safetensors' error", "optimizer state"],
 )
 def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_the_run_resumes(
-    tmp_path, monkeypatch, capsys, writer, path_argument, error
+    tmp_path, monkeypatch, capsys, checkpoint_4_without_a_full_disk, writer, path_argument, error
 ):
     from test_training import run_config, tiny_model
 
@@ -532,8 +548,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_the_run_r
     model_dir = tiny_model(tmp_path)
     # the second call of the writer is checkpoint-4's: its trainable weights, or its optimizer state
     monkeypatch.setattr(training, writer, full_disk_writer(getattr(training, writer), path_argument, 2, error))
-    # stop_after: the runs end with a checkpoint at step 4, before the final evaluation and export (quicker)
-    config = run_config(tmp_path, model_dir, max_steps=6, save_every=2, keep_last=5, stop_after=4)
+    config = run_config(tmp_path, model_dir, stop_after=4, **FULL_DISK_RUN)
     with pytest.raises(OSError) as raised:
         train(config)
     message = str(raised.value)
@@ -547,15 +562,12 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_the_run_r
 
     monkeypatch.undo()
     capsys.readouterr()
-    resumed = train(run_config(tmp_path, model_dir, max_steps=6, save_every=2, keep_last=5, stop_after=2,
-                               resume="latest"))
+    resumed = train(run_config(tmp_path, model_dir, stop_after=2, resume="latest", **FULL_DISK_RUN))
     assert f"resumed from {run / 'checkpoint-2'} at step 2" in capsys.readouterr().out
     assert resumed["step"] == 4
     verify_checkpoint(str(run / "checkpoint-4"))
     # the same weights as a run that never met a full disk
-    train(run_config(tmp_path / "reference", model_dir, max_steps=6, save_every=2, keep_last=5, stop_after=4))
-    reference = load_file(str(tmp_path / "reference" / "run" / "checkpoint-4" / "trainable.safetensors"))
-    assert_same_weights(run / "checkpoint-4" / "trainable.safetensors", reference)
+    assert_same_weights(run / "checkpoint-4" / "trainable.safetensors", checkpoint_4_without_a_full_disk)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
