@@ -346,21 +346,88 @@ class DepthForgeRefinementDecoder(nn.Module):
 
     Every pyramid level is resized to stride 4, passed through one shared attention gate, concatenated and fused by a
     1x1 convolution; the caller adds the result to the stride-4 level.
+
+    The official code materialises the concatenation (4 x C channels at stride 4: 268 MB per 512 crop at C = 1024)
+    and, before it, all four resized and gated levels. Here the 1x1 convolution over the concatenation is computed as
+    the sum of per-level 1x1 convolutions with the matching slices of its weight (the same sum of products, in another
+    order), so no concatenation exists. Without autograd the output is also built in bands of rows: each band resizes
+    only the source rows it needs, gates them (plus one halo row on each side for the 3x3 spatial gate) and adds the
+    four levels' contributions, so the working set is a few rows instead of four full-resolution maps. Outputs agree
+    with the concatenation form to float rounding (tests/test_fast_path.py); the parameters, and so the checkpoints,
+    are the official ones.
     """
 
     def __init__(self, channels: int, reduction: int, num_levels: int = 4):
         super().__init__()
         self.attention_gate = DepthForgeAttentionGate(channels, reduction)
         self.linear_fuse = nn.Conv2d(num_levels * channels, channels, kernel_size=1)
+        # Output rows per band on the no-autograd path (a runtime knob, not a config field: it changes no result).
+        self.rows_per_band = 16
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        size = features[0].shape[-2:]
-        gated = []
-        for level in features:
-            if level.shape[-2:] != size:
-                level = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
-            gated.append(self.attention_gate(level))
-        return self.linear_fuse(torch.cat(gated, dim=1))
+        size = tuple(features[0].shape[-2:])
+        fuse_weights = self.linear_fuse.weight.split(features[0].shape[1], dim=1)
+        if torch.is_grad_enabled() or not all(bandable(level, size) for level in features):
+            output = None
+            for level, weight in zip(features, fuse_weights, strict=True):
+                if tuple(level.shape[-2:]) != size:
+                    level = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+                contribution = F.conv2d(self.attention_gate(level), weight)
+                output = contribution if output is None else output + contribution
+            return output + self.linear_fuse.bias[:, None, None].to(output.dtype)
+
+        height, width = size
+        output = None
+        for top in range(0, height, self.rows_per_band):
+            bottom = min(top + self.rows_per_band, height)
+            # one halo row each side for the 3x3 spatial gate; zero rows beyond the image, as its zero padding
+            halo_top, halo_bottom = max(top - 1, 0), min(bottom + 1, height)
+            band = None
+            for level, weight in zip(features, fuse_weights, strict=True):
+                rows = resized_rows(level, halo_top, halo_bottom, size)
+                rows = rows * torch.sigmoid(self.attention_gate.channel_attention(rows))
+                padded = F.pad(rows, (0, 0, halo_top - (top - 1), (bottom + 1) - halo_bottom))
+                spatial = F.conv2d(
+                    padded,
+                    self.attention_gate.spatial_attention.weight,
+                    self.attention_gate.spatial_attention.bias,
+                    padding=(0, 1),
+                )
+                gated = rows[:, :, top - halo_top : bottom - halo_top] * torch.sigmoid(spatial)
+                contribution = F.conv2d(gated, weight)
+                band = contribution if band is None else band + contribution
+            band = band + self.linear_fuse.bias[:, None, None].to(band.dtype)
+            if output is None:
+                output = band.new_empty((band.shape[0], band.shape[1], height, width))
+            output[:, :, top:bottom] = band
+        return output
+
+
+def bandable(level: torch.Tensor, size: tuple[int, int]) -> bool:
+    """Whether `resized_rows` can cut rows out of this level exactly: its size divides the target size (integer
+    factors, as the 4 / 8 / 16 / 32 pyramid has at crop sizes divisible by 32 patches)."""
+    return all(target % source == 0 for source, target in zip(level.shape[-2:], size, strict=True))
+
+
+def resized_rows(level: torch.Tensor, top: int, bottom: int, size: tuple[int, int]) -> torch.Tensor:
+    """Rows `top:bottom` of `F.interpolate(level, size, mode="bilinear", align_corners=False)`, computed from the source
+    rows they need only.
+
+    With an integer factor s, output row y samples source coordinate (y + 0.5) / s - 0.5. Resizing source rows a:b to
+    (b - a) s rows uses the same scale 1 / s and puts output row y at local row y - a s, so its weights and neighbours
+    are the whole-map ones, provided no border clamp of the slice is reached: one extra source row on each side (or
+    the image border, where the whole-map resize clamps too) ensures that.
+    """
+    source_height = level.shape[-2]
+    if (source_height, level.shape[-1]) == size:
+        return level[:, :, top:bottom]
+    factor = size[0] // source_height
+    first = max(top // factor - 1, 0)
+    last = min(-(-bottom // factor) + 1, source_height)
+    resized = F.interpolate(
+        level[:, :, first:last], size=((last - first) * factor, size[1]), mode="bilinear", align_corners=False
+    )
+    return resized[:, :, top - first * factor : bottom - first * factor]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1755,7 +1822,13 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
         backbone = self.depthforge(pixel_values, output_hidden_states=output_hidden_states)
         features = list(backbone.feature_maps)
         if self.refinement is not None:
-            features[0] = self.refinement(features) + features[0]
+            if self.depthforge.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # recomputed in backward: the four gated stride-4 maps it keeps for backward dominate the head's memory.
+                # A copy of the list: checkpoint keeps the argument for the recomputation, and features[0] changes below.
+                refined = checkpoint(self.refinement, list(features), use_reentrant=False)
+            else:
+                refined = self.refinement(features)
+            features[0] = refined + features[0]
         pixel_output = self.pixel_decoder(features, return_dict=True)
         class_logits, mask_logits = self.transformer_decoder(
             pixel_output.multi_scale_features, pixel_output.mask_features, backbone.queries

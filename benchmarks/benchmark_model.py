@@ -1,0 +1,242 @@
+"""Throughput and peak memory of DepthForge against its compute floor, in one process.
+
+For a config (tiny = the demo model; small = DINOv2-S/16 + Depth Anything V2-S/16; large = the paper's ViT-L/16 pair),
+random weights, square crops:
+
+- floor: the frozen visual ViT forward plus the frozen depth-encoder forward alone (no tokens, no head, no autograd):
+  the least any DepthForge step can cost;
+- inference: the eval-mode forward on a batch of crops up to full-resolution semantic logits ("whole");
+- slide: sliding-window inference (official 512 / 341 windows, batched) on one 1024 x 2048 image;
+- train: one optimiser step (forward with labels, Mask2Former loss, backward, AdamW), gradient checkpointing off and on;
+
+each in fp32 and in bf16 autocast. It prints crops/s, peak memory and the ratios train / floor and inference / floor
+(time per crop against the floor's), and writes everything to a JSON file. Peak memory is `torch.cuda`'s
+`max_memory_allocated` on a GPU (everything allocated, weights included) and, on CPU, the tensor bytes the call itself
+allocates at its high-water mark (`live_memory.LiveTensorMemory`, measured in a separate untimed call). Model FLOP
+utilisation is printed when `--peak-tflops` is given: analytic FLOPs of the two ViTs (spec/anchors.md, via
+`depthforge_hf.presets`) for the floor, and FLOPs counted by `torch.utils.flop_counter` for the full forward.
+
+    PYTHONPATH=src python benchmarks/benchmark_model.py --config small --crop 512 --batch 1 --dtypes fp32
+    PYTHONPATH=src python benchmarks/benchmark_model.py --config large --batch 8 --device cuda --peak-tflops 989
+
+Numbers are recorded in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from live_memory import LiveTensorMemory  # noqa: E402
+
+from depthforge_hf.modeling import DepthForgeForSemanticSegmentation  # noqa: E402
+from depthforge_hf.presets import PRESETS, backbone_forward_flops, demo_config, paper_config  # noqa: E402
+
+CONFIGS = {
+    "tiny": demo_config,
+    "small": PRESETS["dinov2-small+da2-small"].config,
+    "large": paper_config,
+}
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(function, device: torch.device, warmup: int, repeats: int) -> dict:
+    """Median / min seconds per call after `warmup` untimed calls."""
+    for _ in range(warmup):
+        function()
+    synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "repeats": repeats}
+
+
+def peak_memory(function, device: torch.device) -> int:
+    """Peak bytes of one call (see the module docstring for what that means per device)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        function()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    with LiveTensorMemory() as memory:
+        function()
+    return memory.peak_bytes
+
+
+def counted_flops(function) -> int:
+    """FLOPs of one call counted by `torch.utils.flop_counter` (matmuls, convolutions, attention; element-wise ops and
+    the deformable attention's bilinear sampling are not counted). torch registers no formula for the CPU flash
+    attention kernels, so they get the generic attention ones here."""
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+
+    def cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    def cpu_attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    mapping = {  # FlopCounterMode passes shapes, not tensors, to custom formulas
+        aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_attention_backward,
+    }
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        function()
+    return counter.get_total_flops()
+
+
+def make_batch(config, batch: int, crop: int, device: torch.device):
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(batch, 3, crop, crop, generator=generator)
+    # blocky labels: a few classes per crop, as in street scenes (the loss's cost depends on the classes present)
+    coarse = torch.randint(0, config.num_labels, (batch, crop // 64, crop // 64), generator=generator)
+    labels = coarse.repeat_interleave(64, dim=1).repeat_interleave(64, dim=2)
+    return pixel_values.to(device), labels.to(device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="small")
+    parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
+    parser.add_argument("--parts", nargs="+", default=["floor", "inference", "slide", "train", "train-ckpt"],
+                        choices=["floor", "inference", "slide", "train", "train-ckpt"])
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory calls")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's dense peak in TFLOP/s for the chosen dtype, to print model FLOP utilisation")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--output", default=None, help="JSON file to write (default benchmarks/results/<name>.json)")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config = CONFIGS[args.config]()
+    model = DepthForgeForSemanticSegmentation(config).to(device)
+    backbone = model.depthforge
+    pixel_values, labels = make_batch(config, args.batch, args.crop, device)
+    slide_image = torch.randn(1, 3, 1024, 2048, generator=torch.Generator().manual_seed(1)).to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    floor_flops = sum(backbone_forward_flops(config, args.crop, args.crop)[k] for k in ("visual model", "depth encoder"))
+
+    def floor():
+        with torch.no_grad():
+            backbone.depth_features(pixel_values)
+            hidden_states, block_kwargs = backbone.embed_visual(pixel_values)
+            for layer in backbone.visual_layers:
+                hidden_states = layer(hidden_states, **block_kwargs)
+
+    def inference():
+        with torch.no_grad():
+            return model(pixel_values, inference_mode="whole").logits
+
+    def slide():
+        with torch.no_grad():
+            return model(slide_image, inference_mode="slide", window_size=512, window_stride=341,
+                         window_batch_size=max(args.batch, 1)).logits
+
+    def train_step():
+        loss = model(pixel_values, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    calls = {"floor": floor, "inference": inference, "slide": slide, "train": train_step, "train-ckpt": train_step}
+    crops_per_call = {"floor": args.batch, "inference": args.batch, "slide": 1, "train": args.batch,
+                      "train-ckpt": args.batch}
+
+    results = {
+        "config": args.config,
+        "crop": args.crop,
+        "batch": args.batch,
+        "machine": machine_description(device),
+        "torch": torch.__version__,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "frozen_parameters": sum(p.numel() for p in model.parameters() if not p.requires_grad),
+        "floor_flops_per_crop": floor_flops,
+        "runs": {},
+    }
+    print(f"{args.config} config, {args.crop}px crops, batch {args.batch}, {results['machine']}")
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        run = {}
+        for part in args.parts:
+            training = part.startswith("train")
+            model.train(training)
+            if part == "train-ckpt":
+                model.activation_checkpointing_enable()
+            else:
+                model.activation_checkpointing_disable()
+
+            def call(part=part, dtype=dtype):
+                autocast = (
+                    torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+                )
+                with autocast:
+                    calls[part]()
+
+            timing = time_calls(call, device, args.warmup, args.repeats)
+            timing["crops_per_s"] = crops_per_call[part] / timing["median_s"]
+            if not args.no_memory:
+                timing["peak_bytes"] = peak_memory(call, device)
+            if args.peak_tflops and part in ("floor", "inference"):
+                flops = floor_flops * args.batch if part == "floor" else counted_flops(call)
+                timing["flops_per_call"] = flops
+                timing["mfu"] = flops / timing["median_s"] / (args.peak_tflops * 1e12)
+            run[part] = timing
+            memory = f", peak {timing['peak_bytes'] / 2**30:.2f} GiB" if "peak_bytes" in timing else ""
+            mfu = f", MFU {100 * timing['mfu']:.1f}%" if "mfu" in timing else ""
+            print(f"  {dtype_name:4s} {part:10s} {timing['median_s'] * 1e3:9.1f} ms/call "
+                  f"{timing['crops_per_s']:8.2f} crops/s{memory}{mfu}", flush=True)
+        if "floor" in run:
+            for part in ("inference", "train", "train-ckpt"):
+                if part in run:
+                    ratio = run[part]["median_s"] / run["floor"]["median_s"]
+                    run[f"{part}/floor"] = ratio
+                    print(f"  {dtype_name:4s} {part}/floor = {ratio:.2f}")
+        results["runs"][dtype_name] = run
+        model.activation_checkpointing_disable()
+
+    output = args.output or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results",
+        f"{args.config}-{args.crop}-b{args.batch}-{device.type}.json",
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output + ".tmp", "w") as handle:
+        json.dump(results, handle, indent=2)
+    os.replace(output + ".tmp", output)
+    print(f"wrote {output}")
+    return results
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The fast paths compute the official math: fused / banded refinement decoder and its recomputation in training."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config_kwargs
+
+from depthforge_hf import DepthForgeConfig, DepthForgeForSemanticSegmentation
+from depthforge_hf.modeling.modeling_depthforge import DepthForgeRefinementDecoder, bandable, resized_rows
+
+
+def concatenation_refinement(decoder: DepthForgeRefinementDecoder, features: list[torch.Tensor]) -> torch.Tensor:
+    """The official `DynamicQueryCorrectionModule.forward`: resize every level, gate it, concatenate, fuse."""
+    size = features[0].shape[-2:]
+    gated = []
+    for level in features:
+        if level.shape[-2:] != size:
+            level = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+        gated.append(decoder.attention_gate(level))
+    return decoder.linear_fuse(torch.cat(gated, dim=1))
+
+
+def pyramid(batch: int, channels: int, height: int, width: int, seed: int = 0) -> list[torch.Tensor]:
+    """Levels at strides 4, 8, 16, 32 of a (4 height) x (4 width) stride-4 map, as the backbone builds them."""
+    generator = torch.Generator().manual_seed(seed)
+    stride4 = torch.randn(batch, channels, height, width, generator=generator)
+    return [
+        stride4,
+        torch.randn(batch, channels, height // 2, width // 2, generator=generator),
+        torch.randn(batch, channels, height // 4, width // 4, generator=generator),
+        torch.randn(batch, channels, max(height // 8, 1), max(width // 8, 1), generator=generator),
+    ]
+
+
+def decoder(channels: int = 32, reduction: int = 4) -> DepthForgeRefinementDecoder:
+    torch.manual_seed(0)
+    module = DepthForgeRefinementDecoder(channels, reduction)
+    for parameter in module.parameters():  # default init leaves biases near zero; make every term matter
+        torch.nn.init.normal_(parameter, std=0.2)
+    return module.eval()
+
+
+@pytest.mark.parametrize(
+    "height, width, rows_per_band",
+    [
+        (32, 32, 16),  # a 128-px crop: integer factors, bands divide the height
+        (32, 48, 5),  # bands do not divide the height; the last band is short
+        (32, 32, 1),  # one-row bands: both halo rows come from neighbours or the zero border
+        (32, 32, 64),  # a single band taller than the map
+        (24, 20, 7),  # factor 8 does not divide 20 / 8: the whole-map fallback
+    ],
+)
+def test_banded_refinement_equals_the_concatenation(height, width, rows_per_band):
+    module = decoder()
+    module.rows_per_band = rows_per_band
+    features = pyramid(2, 32, height, width)
+    with torch.no_grad():
+        expected = concatenation_refinement(module, features)
+        actual = module(features)
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_fallback_is_taken_only_for_non_integer_factors():
+    assert bandable(torch.zeros(1, 1, 16, 16), (128, 128))
+    assert not bandable(torch.zeros(1, 1, 16, 16), (132, 132))
+
+
+@pytest.mark.parametrize("source, factor", [(16, 2), (8, 4), (4, 8), (16, 1)])
+def test_resized_rows_are_rows_of_the_whole_resize(source, factor):
+    level = torch.randn(2, 3, source, source + 2)
+    size = (source * factor, (source + 2) * factor)
+    whole = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+    for top in range(0, size[0], 3):
+        bottom = min(top + 3, size[0])
+        torch.testing.assert_close(resized_rows(level, top, bottom, size), whole[:, :, top:bottom], rtol=0, atol=1e-6)
+
+
+def test_fused_refinement_gradients_equal_the_concatenation():
+    module = decoder()
+    features = [level.requires_grad_() for level in pyramid(2, 32, 16, 16)]
+    with torch.enable_grad():
+        module(features).square().sum().backward()
+    fused = [level.grad.clone() for level in features] + [p.grad.clone() for p in module.parameters()]
+    for tensor in [*features, *module.parameters()]:
+        tensor.grad = None
+    with torch.enable_grad():
+        concatenation_refinement(module, features).square().sum().backward()
+    reference = [level.grad for level in features] + [p.grad for p in module.parameters()]
+    for actual, expected in zip(fused, reference, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def tiny_model() -> DepthForgeForSemanticSegmentation:
+    torch.manual_seed(0)
+    return DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs()))
+
+
+def test_model_logits_do_not_depend_on_the_band_height():
+    model = tiny_model().eval()
+    pixel_values = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        model.refinement.rows_per_band = 3
+        banded = model(pixel_values, inference_mode="whole").logits
+        model.refinement.rows_per_band = 10_000
+        single_band = model(pixel_values, inference_mode="whole").logits
+    torch.testing.assert_close(banded, single_band, rtol=1e-5, atol=1e-5)
+
+
+def test_recomputed_refinement_in_training_gives_the_same_loss_and_gradients():
+    model = tiny_model().train()
+    generator = torch.Generator().manual_seed(1)
+    pixel_values = torch.randn(2, 3, 64, 64, generator=generator)
+    labels = torch.randint(0, model.config.num_labels, (2, 64, 64), generator=generator)
+
+    def loss_and_gradients():
+        torch.manual_seed(2)  # the loss samples points at random
+        model.zero_grad(set_to_none=True)
+        loss = model(pixel_values, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_gradients = loss_and_gradients()
+    model.activation_checkpointing_enable()
+    assert model.depthforge.gradient_checkpointing
+    recomputed_loss, recomputed_gradients = loss_and_gradients()
+    torch.testing.assert_close(recomputed_loss, plain_loss)
+    assert recomputed_gradients.keys() == plain_gradients.keys()
+    assert any(name.startswith("refinement.") for name in plain_gradients)
+    for name, gradient in plain_gradients.items():
+        torch.testing.assert_close(recomputed_gradients[name], gradient, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
