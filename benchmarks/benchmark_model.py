@@ -13,8 +13,9 @@ each in fp32 and in bf16 autocast. It prints crops/s, peak memory and the ratios
 (time per crop against the floor's), and writes everything to a JSON file. Peak memory is `torch.cuda`'s
 `max_memory_allocated` on a GPU (everything allocated, weights included) and, on CPU, the tensor bytes the call itself
 allocates at its high-water mark (`live_memory.LiveTensorMemory`, measured in a separate untimed call). Model FLOP
-utilisation is printed when `--peak-tflops` is given: analytic FLOPs of the two ViTs (spec/anchors.md, via
-`depthforge_hf.presets`) for the floor, and FLOPs counted by `torch.utils.flop_counter` for the full forward.
+utilisation is printed when `--peak-tflops` is given. FLOPs: analytic for the two ViTs of the floor (spec/anchors.md,
+via `depthforge_hf.presets`), counted by `torch.utils.flop_counter` for everything else; the FLOP ratio beside each
+time ratio is what the time ratio would be if every operation ran at the floor's FLOP rate (the head's own cost).
 
     PYTHONPATH=src python benchmarks/benchmark_model.py --config small --crop 512 --batch 1 --dtypes fp32
     PYTHONPATH=src python benchmarks/benchmark_model.py --config large --batch 8 --device cuda --peak-tflops 989
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -54,18 +56,28 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(function, device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median / min seconds per call after `warmup` untimed calls."""
+def time_calls(function, device: torch.device, warmup: int, repeats: int, reference=None) -> dict:
+    """Median / min seconds per call after `warmup` untimed calls. With a `reference` (the floor), each timed call is
+    followed by a timed reference call, and `reference_median_s` is reported too: ratios then compare calls made under
+    the same machine load (a shared 2-core machine drifts by tens of percent over minutes)."""
     for _ in range(warmup):
         function()
+        if reference is not None:
+            reference()
     synchronize(device)
-    seconds = []
+    seconds, reference_seconds = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "repeats": repeats}
+        for target, times in ((function, seconds), (reference, reference_seconds)):
+            if target is None:
+                continue
+            start = time.perf_counter()
+            target()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    timing = {"median_s": statistics.median(seconds), "min_s": min(seconds), "repeats": repeats}
+    if reference is not None:
+        timing["reference_median_s"] = statistics.median(reference_seconds)
+    return timing
 
 
 def peak_memory(function, device: torch.device) -> int:
@@ -125,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory calls")
+    parser.add_argument("--no-flops", action="store_true", help="skip the (untimed) FLOP-counting calls")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense peak in TFLOP/s for the chosen dtype, to print model FLOP utilisation")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
@@ -164,6 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def call_floor(dtype):
+        autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with autocast:
+            floor()
+
     calls = {"floor": floor, "inference": inference, "slide": slide, "train": train_step, "train-ckpt": train_step}
     crops_per_call = {"floor": args.batch, "inference": args.batch, "slide": 1, "train": args.batch,
                       "train-ckpt": args.batch}
@@ -198,25 +216,34 @@ def main(argv: list[str] | None = None) -> dict:
                 with autocast:
                     calls[part]()
 
-            timing = time_calls(call, device, args.warmup, args.repeats)
+            # every part is timed interleaved with the floor (same dtype), so each ratio compares like with like
+            reference = None if part == "floor" else functools.partial(call_floor, dtype=dtype)
+            timing = time_calls(call, device, args.warmup, args.repeats, reference)
             timing["crops_per_s"] = crops_per_call[part] / timing["median_s"]
             if not args.no_memory:
                 timing["peak_bytes"] = peak_memory(call, device)
-            if args.peak_tflops and part in ("floor", "inference"):
+            if not args.no_flops:
+                # the floor's FLOPs are analytic (spec/anchors.md); the rest are counted on one untimed call
                 flops = floor_flops * args.batch if part == "floor" else counted_flops(call)
                 timing["flops_per_call"] = flops
-                timing["mfu"] = flops / timing["median_s"] / (args.peak_tflops * 1e12)
+                if args.peak_tflops:
+                    timing["mfu"] = flops / timing["median_s"] / (args.peak_tflops * 1e12)
             run[part] = timing
             memory = f", peak {timing['peak_bytes'] / 2**30:.2f} GiB" if "peak_bytes" in timing else ""
             mfu = f", MFU {100 * timing['mfu']:.1f}%" if "mfu" in timing else ""
             print(f"  {dtype_name:4s} {part:10s} {timing['median_s'] * 1e3:9.1f} ms/call "
                   f"{timing['crops_per_s']:8.2f} crops/s{memory}{mfu}", flush=True)
-        if "floor" in run:
-            for part in ("inference", "train", "train-ckpt"):
-                if part in run:
-                    ratio = run[part]["median_s"] / run["floor"]["median_s"]
-                    run[f"{part}/floor"] = ratio
-                    print(f"  {dtype_name:4s} {part}/floor = {ratio:.2f}")
+        for part in ("inference", "train", "train-ckpt"):
+            if part in run:
+                ratio = run[part]["median_s"] / run[part]["reference_median_s"]
+                run[f"{part}/floor"] = ratio
+                line = f"  {dtype_name:4s} {part}/floor = {ratio:.2f}"
+                if "flops_per_call" in run[part]:
+                    # what the ratio would be if every operation ran at the floor's FLOP rate
+                    flop_ratio = run[part]["flops_per_call"] / (floor_flops * args.batch)
+                    run[f"{part}/floor FLOPs"] = flop_ratio
+                    line += f" (FLOPs: {flop_ratio:.2f}x the floor's)"
+                print(line)
         results["runs"][dtype_name] = run
         model.activation_checkpointing_disable()
 

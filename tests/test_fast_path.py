@@ -6,7 +6,13 @@ import torch.nn.functional as F
 from conftest import tiny_config_kwargs
 
 from depthforge_hf import DepthForgeConfig, DepthForgeForSemanticSegmentation
-from depthforge_hf.modeling.modeling_depthforge import DepthForgeRefinementDecoder, bandable, resized_rows
+from depthforge_hf.modeling.modeling_depthforge import (
+    DepthForgeDeformableAttention,
+    DepthForgeRefinementDecoder,
+    bandable,
+    gathered_deformable_attention,
+    resized_rows,
+)
 
 
 def concatenation_refinement(decoder: DepthForgeRefinementDecoder, features: list[torch.Tensor]) -> torch.Tensor:
@@ -129,3 +135,61 @@ def test_recomputed_refinement_in_training_gives_the_same_loss_and_gradients():
     assert any(name.startswith("refinement.") for name in plain_gradients)
     for name, gradient in plain_gradients.items():
         torch.testing.assert_close(recomputed_gradients[name], gradient, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+
+@pytest.mark.parametrize("batch_size, shapes", [(1, [(16, 16), (8, 8), (4, 4)]), (2, [(12, 20), (6, 10), (3, 5)])])
+def test_gathered_deformable_attention_equals_transformers_grid_sample_version(batch_size, shapes):
+    from transformers.models.mask2former.modeling_mask2former import multi_scale_deformable_attention
+
+    generator = torch.Generator().manual_seed(0)
+    heads, width, points, levels = 4, 8, 4, len(shapes)
+    sequence = sum(height * w for height, w in shapes)
+    queries = 50
+    value = torch.randn(batch_size, sequence, heads, width, generator=generator).requires_grad_()
+    # some points fall outside the maps (zero padding) and on their borders
+    locations = (torch.rand(batch_size, queries, heads, levels, points, 2, generator=generator) * 1.4 - 0.2)
+    locations.requires_grad_()
+    weights = torch.rand(batch_size, queries, heads, levels, points, generator=generator).requires_grad_()
+    upstream = torch.randn(batch_size, queries, heads * width, generator=generator)
+
+    results = []
+    for function in (multi_scale_deformable_attention, gathered_deformable_attention):
+        output = function(value, shapes, locations, weights)
+        gradients = torch.autograd.grad(output, (value, locations, weights), upstream)
+        results.append((output, *gradients))
+    for expected, actual, name in zip(*results, ("output", "value", "locations", "weights"), strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_the_pixel_decoder_uses_the_gathered_attention_with_the_same_parameter_names():
+    model = tiny_model()
+    attentions = [layer.self_attn for layer in model.pixel_decoder.encoder.layers]
+    assert attentions and all(isinstance(attention, DepthForgeDeformableAttention) for attention in attentions)
+    names = {name.split("self_attn.")[-1] for name, _ in model.pixel_decoder.encoder.named_parameters()
+             if "self_attn." in name}
+    assert names == {f"{part}.{kind}" for part in ("sampling_offsets", "attention_weights", "value_proj", "output_proj")
+                     for kind in ("weight", "bias")}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_banded_refinement_on_a_gpu(dtype):
+    """The banded path on CUDA, in fp32 and under bf16 autocast (tolerances of the dtype), and its memory saving."""
+    device = torch.device("cuda")
+    module = decoder(channels=256, reduction=16).to(device)
+    features = [level.to(device) for level in pyramid(2, 256, 128, 128)]
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        expected = concatenation_refinement(module, features)
+        concatenation_peak = torch.cuda.max_memory_allocated() - before
+        del expected
+        torch.cuda.reset_peak_memory_stats()
+        actual = module(features)
+        banded_peak = torch.cuda.max_memory_allocated() - before
+        expected = concatenation_refinement(module, features)
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=tolerance, atol=tolerance)
+    assert banded_peak < concatenation_peak / 4

@@ -469,10 +469,12 @@ def mask2former_component_config(config: DepthForgeConfig) -> Mask2FormerConfig:
 
 
 class DepthForgePixelDecoder(Mask2FormerPixelDecoder):
-    """transformers' `Mask2FormerPixelDecoder` with a configurable GroupNorm group count.
+    """transformers' `Mask2FormerPixelDecoder` with a configurable GroupNorm group count and a faster deformable
+    attention.
 
     transformers hard-codes GroupNorm(32, ·); the official mmdet decoder takes the group count from its config. The
     five GroupNorms are swapped in place inside their Sequentials (the lateral/output lists hold the same objects).
+    The encoder layers' attention modules become `DepthForgeDeformableAttention` (same parameters, same names).
     """
 
     def __init__(self, config: Mask2FormerConfig, feature_channels: list[int], num_groups: int):
@@ -480,6 +482,119 @@ class DepthForgePixelDecoder(Mask2FormerPixelDecoder):
         for block in [*self.input_projections, self.adapter_1, self.layer_1]:
             norm = block[1]
             block[1] = nn.GroupNorm(num_groups, norm.num_channels, eps=norm.eps)
+        for layer in self.encoder.layers:
+            layer.self_attn = DepthForgeDeformableAttention.from_module(layer.self_attn)
+
+
+class DepthForgeDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
+    """transformers' multi-scale deformable attention, sampling by one weighted gather instead of `grid_sample`.
+
+    transformers' `multi_scale_deformable_attention` samples each level with `grid_sample`, stacks the samples
+    (batch x heads, head width, queries, levels x points) and weights them, which on CPU costs more than the layer's
+    linear maps. Here every sampling point's four bilinear corners, weighted by bilinear weight x attention weight
+    (zero for corners outside the map: grid_sample's zero padding), are summed straight from the value rows by
+    `F.embedding_bag`. The same sum of products in another order: tests/test_fast_path.py compares outputs and
+    gradients with transformers' function, and the parity tests cover the whole model.
+    """
+
+    @classmethod
+    def from_module(cls, attention: Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
+        """The same attention with this forward, keeping `attention`'s parameters (no new random draws)."""
+        with torch.device("meta"):
+            fast = cls(attention.d_model, attention.n_heads, attention.n_levels, attention.n_points)
+        for name in ("sampling_offsets", "attention_weights", "value_proj", "output_proj"):
+            setattr(fast, name, getattr(attention, name))
+        return fast
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        position_embeddings: torch.Tensor | None = None,
+        reference_points=None,
+        spatial_shapes_list=None,
+        level_start_index=None,
+        output_attentions: bool = False,
+    ):
+        # transformers' forward (v5.x) with the sampling function replaced; the encoder passes 2-d reference points
+        if position_embeddings is not None:
+            hidden_states = hidden_states + position_embeddings
+        batch_size, num_queries, _ = hidden_states.shape
+        sequence_length = encoder_hidden_states.shape[1]
+        if sum(height * width for height, width in spatial_shapes_list) != sequence_length:
+            raise ValueError("The spatial shapes do not add up to the encoder sequence length.")
+        if reference_points.shape[-1] != 2:
+            raise ValueError(f"Expected 2-d reference points, got {reference_points.shape[-1]}-d ones.")
+        value = self.value_proj(encoder_hidden_states)
+        if attention_mask is not None:
+            value = value.masked_fill(attention_mask[..., None], float(0))
+        value = value.view(batch_size, sequence_length, self.n_heads, self.d_model // self.n_heads)
+        sampling_offsets = self.sampling_offsets(hidden_states).view(
+            batch_size, num_queries, self.n_heads, self.n_levels, self.n_points, 2
+        )
+        attention_weights = self.attention_weights(hidden_states).view(
+            batch_size, num_queries, self.n_heads, self.n_levels * self.n_points
+        )
+        attention_weights = F.softmax(attention_weights, -1).view(
+            batch_size, num_queries, self.n_heads, self.n_levels, self.n_points
+        )
+        offset_normalizer = torch.tensor(
+            [[width, height] for height, width in spatial_shapes_list], dtype=torch.long, device=reference_points.device
+        )
+        sampling_locations = (
+            reference_points[:, :, None, :, None, :] + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
+        )
+        output = gathered_deformable_attention(value, spatial_shapes_list, sampling_locations, attention_weights)
+        return self.output_proj(output), attention_weights
+
+
+def gathered_deformable_attention(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """`multi_scale_deformable_attention` (transformers / Deformable DETR's PyTorch reference) as a weighted gather.
+
+    value (B, S, heads, D) holds the levels' maps flattened row-major one after the other; sampling_locations
+    (B, Q, heads, levels, points, 2) are (x, y) in [0, 1] of each level; attention_weights (B, Q, heads, levels,
+    points). Returns (B, Q, heads * D). Bilinear sampling as grid_sample(align_corners=False, padding_mode="zeros"):
+    pixel coordinate = location x size - 0.5, corners outside the map contribute zero.
+    """
+    batch_size, sequence_length, num_heads, head_width = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    dtype = torch.promote_types(value.dtype, attention_weights.dtype)
+    device = value.device
+    heights = torch.tensor([height for height, _ in spatial_shapes], device=device).view(1, 1, 1, num_levels, 1)
+    widths = torch.tensor([width for _, width in spatial_shapes], device=device).view(1, 1, 1, num_levels, 1)
+    starts = torch.tensor([0] + [height * width for height, width in spatial_shapes[:-1]], device=device)
+    starts = starts.cumsum(0).view(1, 1, 1, num_levels, 1)
+    # the value table's rows are (batch, head, position): each (batch, head) pair reads its own block of rows
+    table = value.permute(0, 2, 1, 3).reshape(batch_size * num_heads * sequence_length, head_width).to(dtype)
+    block_start = torch.arange(batch_size * num_heads, device=device).view(batch_size, 1, num_heads, 1, 1)
+    block_start = block_start * sequence_length + starts
+
+    x = sampling_locations[..., 0] * widths - 0.5
+    y = sampling_locations[..., 1] * heights - 0.5
+    left, top = x.floor(), y.floor()
+    right_weight, bottom_weight = x - left, y - top
+    left, top = left.long(), top.long()
+    weighted = attention_weights.to(dtype)
+    indices, weights = [], []
+    for row, row_weight in ((top, 1 - bottom_weight), (top + 1, bottom_weight)):
+        for column, column_weight in ((left, 1 - right_weight), (left + 1, right_weight)):
+            inside = (column >= 0) & (column < widths) & (row >= 0) & (row < heights)
+            position = row.clamp(min=0).minimum(heights - 1) * widths + column.clamp(min=0).minimum(widths - 1)
+            indices.append(block_start + position)
+            weights.append((row_weight * column_weight).to(dtype) * weighted * inside)
+    # one bag per (batch, query, head): levels x points x 4 corners
+    bag_size = num_levels * num_points * 4
+    indices = torch.stack(indices, dim=-1).view(-1, bag_size)
+    weights = torch.stack(weights, dim=-1).view(-1, bag_size)
+    output = F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+    return output.view(batch_size, num_queries, num_heads * head_width)
 
 
 class DepthForgeMaskedAttentionDecoder(nn.Module):
