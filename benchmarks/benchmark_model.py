@@ -18,7 +18,7 @@ via `depthforge_hf.presets`), counted by `torch.utils.flop_counter` for everythi
 time ratio is what the time ratio would be if every operation ran at the floor's FLOP rate (the head's own cost).
 
     PYTHONPATH=src python benchmarks/benchmark_model.py --config small --crop 512 --batch 1 --dtypes fp32
-    PYTHONPATH=src python benchmarks/benchmark_model.py --config large --batch 8 --device cuda --peak-tflops 989
+    PYTHONPATH=src python benchmarks/benchmark_model.py --config large --batch 8 --device cuda --peak-tflops 790
 
 Numbers are recorded in benchmarks/README.md.
 """
@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory calls")
     parser.add_argument("--no-flops", action="store_true", help="skip the (untimed) FLOP-counting calls")
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's dense peak in TFLOP/s for the chosen dtype, to print model FLOP utilisation")
+                        help="the device's dense bf16 peak in TFLOP/s, to print the bf16 runs' model FLOP utilisation "
+                             "(spec/anchors.md counts an H100 as 790)")
+    parser.add_argument("--peak-tflops-fp32", type=float, default=None,
+                        help="the same for the fp32 runs (e.g. the TF32 or plain fp32 peak, whichever the run uses)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--output", default=None, help="JSON file to write (default benchmarks/results/<name>.json)")
     args = parser.parse_args(argv)
@@ -226,8 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
                 # the floor's FLOPs are analytic (spec/anchors.md); the rest are counted on one untimed call
                 flops = floor_flops * args.batch if part == "floor" else counted_flops(call)
                 timing["flops_per_call"] = flops
-                if args.peak_tflops:
-                    timing["mfu"] = flops / timing["median_s"] / (args.peak_tflops * 1e12)
+                peak = args.peak_tflops if dtype is not None else args.peak_tflops_fp32
+                if peak:
+                    timing["mfu"] = flops / timing["median_s"] / (peak * 1e12)
             run[part] = timing
             memory = f", peak {timing['peak_bytes'] / 2**30:.2f} GiB" if "peak_bytes" in timing else ""
             mfu = f", MFU {100 * timing['mfu']:.1f}%" if "mfu" in timing else ""
