@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 9's GPU checks in one go, for a session that is lent a GPU (about 8 minutes on an H100; run from the
-# repository root with the package installed or importable): the `gpu`-marked tests, then the paper's config at batch
-# 8 in bf16 autocast and fp32 (floor, whole-crop inference, training step with and without checkpointing), sliding
+# Issue 9's GPU checks in one go, for a session that is lent a GPU (not yet run; an estimated 5-10 minutes on an
+# H100). Run it from anywhere with the package installed or importable: the `gpu`-marked tests, then the paper's
+# config at batch 8 in bf16 autocast and fp32 (floor, whole-crop inference, training step with and without checkpointing), sliding
 # windows on a 1024 x 2048 image, and the refinement decoder's memory. JSON lands in benchmarks/results/*-cuda.json;
 # `python benchmarks/results_table.py` turns it into the tables of benchmarks/README.md.
 set -euo pipefail
