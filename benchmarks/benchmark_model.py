@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
 import platform
 import statistics
@@ -42,6 +41,7 @@ from live_memory import LiveTensorMemory  # noqa: E402
 
 from depthforge_hf.modeling import DepthForgeForSemanticSegmentation  # noqa: E402
 from depthforge_hf.presets import PRESETS, backbone_forward_flops, demo_config, paper_config  # noqa: E402
+from depthforge_hf.training import write_json  # noqa: E402
 
 CONFIGS = {
     "tiny": demo_config,
@@ -80,17 +80,29 @@ def time_calls(function, device: torch.device, warmup: int, repeats: int, refere
     return timing
 
 
-def peak_memory(function, device: torch.device) -> int:
-    """Peak bytes of one call (see the module docstring for what that means per device)."""
+def peak_memory(function, device: torch.device, count_existing: bool = True) -> tuple[int, object]:
+    """Peak bytes of one call and its result. On a GPU the allocator's peak, including what was allocated before the
+    call (weights, inputs) unless `count_existing` is False; on CPU always only what the call itself allocates (see
+    the module docstring)."""
     if device.type == "cuda":
         synchronize(device)
+        existing = 0 if count_existing else torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        function()
+        result = function()
         synchronize(device)
-        return torch.cuda.max_memory_allocated(device)
+        return torch.cuda.max_memory_allocated(device) - existing, result
     with LiveTensorMemory() as memory:
-        function()
-    return memory.peak_bytes
+        result = function()
+    return memory.peak_bytes, result
+
+
+def write_results(results: dict, output: str | None, default_name: str) -> str:
+    """Write `results` atomically to `output` (default benchmarks/results/<default_name>.json); return the path."""
+    output = output or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{default_name}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    write_json(output, results)
+    print(f"wrote {output}")
+    return output
 
 
 def counted_flops(function) -> int:
@@ -180,12 +192,12 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def call_floor(dtype):
+    calls = {"floor": floor, "inference": inference, "slide": slide, "train": train_step, "train-ckpt": train_step}
+
+    def run_part(part: str, dtype: torch.dtype | None):
         autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with autocast:
-            floor()
-
-    calls = {"floor": floor, "inference": inference, "slide": slide, "train": train_step, "train-ckpt": train_step}
+            calls[part]()
     crops_per_call = {"floor": args.batch, "inference": args.batch, "slide": 1, "train": args.batch,
                       "train-ckpt": args.batch}
 
@@ -212,19 +224,13 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 model.activation_checkpointing_disable()
 
-            def call(part=part, dtype=dtype):
-                autocast = (
-                    torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-                )
-                with autocast:
-                    calls[part]()
-
+            call = functools.partial(run_part, part, dtype)
             # every part is timed interleaved with the floor (same dtype), so each ratio compares like with like
-            reference = None if part == "floor" else functools.partial(call_floor, dtype=dtype)
+            reference = None if part == "floor" else functools.partial(run_part, "floor", dtype)
             timing = time_calls(call, device, args.warmup, args.repeats, reference)
             timing["crops_per_s"] = crops_per_call[part] / timing["median_s"]
             if not args.no_memory:
-                timing["peak_bytes"] = peak_memory(call, device)
+                timing["peak_bytes"], _ = peak_memory(call, device)
             if not args.no_flops:
                 # the floor's FLOPs are analytic (spec/anchors.md); the rest are counted on one untimed call
                 flops = floor_flops * args.batch if part == "floor" else counted_flops(call)
@@ -251,15 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["runs"][dtype_name] = run
         model.activation_checkpointing_disable()
 
-    output = args.output or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results",
-        f"{args.config}-{args.crop}-b{args.batch}-{device.type}.json",
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output + ".tmp", "w") as handle:
-        json.dump(results, handle, indent=2)
-    os.replace(output + ".tmp", output)
-    print(f"wrote {output}")
+    write_results(results, args.output, f"{args.config}-{args.crop}-b{args.batch}-{device.type}")
     return results
 
 

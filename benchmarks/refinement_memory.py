@@ -14,44 +14,16 @@ without recomputation (activation checkpointing).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_model import CONFIGS, machine_description, synchronize  # noqa: E402
+from benchmark_model import CONFIGS, machine_description, peak_memory, synchronize, time_calls, write_results  # noqa: E402
 from live_memory import LiveTensorMemory  # noqa: E402
 
 from depthforge_hf.modeling.modeling_depthforge import DepthForgeRefinementDecoder  # noqa: E402
-
-
-def concatenation_refinement(decoder: DepthForgeRefinementDecoder, features: list[torch.Tensor]) -> torch.Tensor:
-    """The official formulation (as tests/test_fast_path.py's reference)."""
-    size = features[0].shape[-2:]
-    gated = []
-    for level in features:
-        if level.shape[-2:] != size:
-            level = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
-        gated.append(decoder.attention_gate(level))
-    return decoder.linear_fuse(torch.cat(gated, dim=1))
-
-
-def measure_peak(function, device: torch.device) -> tuple[int, object]:
-    if device.type == "cuda":
-        synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        result = function()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before, result
-    with LiveTensorMemory() as memory:
-        result = function()
-    return memory.peak_bytes, result
 
 
 def kept_for_backward(function, device: torch.device) -> int:
@@ -68,18 +40,6 @@ def kept_for_backward(function, device: torch.device) -> int:
         kept = memory.live_bytes
     del output
     return kept
-
-
-def seconds(function, device: torch.device, repeats: int = 3) -> float:
-    function()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -103,22 +63,22 @@ def main(argv: list[str] | None = None) -> dict:
     ]
 
     with torch.no_grad():
-        naive_peak, naive_output = measure_peak(lambda: concatenation_refinement(decoder, features), device)
-        fused_peak, fused_output = measure_peak(lambda: decoder(features), device)
+        naive_peak, naive_output = peak_memory(lambda: decoder.concatenation_forward(features), device, False)
+        fused_peak, fused_output = peak_memory(lambda: decoder(features), device, False)
         difference = (naive_output - fused_output).abs().max().item()
-        naive_seconds = seconds(lambda: concatenation_refinement(decoder, features), device)
-        fused_seconds = seconds(lambda: decoder(features), device)
+        naive_seconds = time_calls(lambda: decoder.concatenation_forward(features), device, 1, 3)["median_s"]
+        fused_seconds = time_calls(lambda: decoder(features), device, 1, 3)["median_s"]
     output_bytes = fused_output.numel() * fused_output.element_size()
     del naive_output, fused_output
 
     trainable = [level.detach().requires_grad_() for level in features]
+    decoder.train()
     kept = {
-        "concatenation": kept_for_backward(lambda: concatenation_refinement(decoder, trainable), device),
+        "concatenation": kept_for_backward(lambda: decoder.concatenation_forward(trainable), device),
         "fused": kept_for_backward(lambda: decoder(trainable), device),
-        "fused, recomputed": kept_for_backward(
-            lambda: checkpoint(decoder, list(trainable), use_reentrant=False), device
-        ),
     }
+    decoder.gradient_checkpointing = True  # what activation_checkpointing_enable sets on the model's decoder
+    kept["fused, recomputed"] = kept_for_backward(lambda: decoder(trainable), device)
 
     results = {
         "config": args.config,
@@ -142,15 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"max |difference| {difference:.2e}")
     print("  kept for backward: " + ", ".join(f"{name} {value / mib:.0f} MiB" for name, value in kept.items()))
 
-    output = args.output or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results",
-        f"refinement-{args.config}-{args.crop}-b{args.batch}-{device.type}.json",
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output + ".tmp", "w") as handle:
-        json.dump(results, handle, indent=2)
-    os.replace(output + ".tmp", output)
-    print(f"wrote {output}")
+    write_results(results, args.output, f"refinement-{args.config}-{args.crop}-b{args.batch}-{device.type}")
     return results
 
 

@@ -32,8 +32,10 @@ def model_table(results: dict) -> str:
             timing = run[part]
             ratio = run.get(f"{part}/floor")
             flop_ratio = run.get(f"{part}/floor FLOPs")
+            # a slide call is one 1024 x 2048 image (several windows), the other parts a batch of crops
+            rate = f"{timing['crops_per_s']:.2f}" + (" images/s" if part == "slide" else "")
             lines.append(
-                f"| {dtype} | {part} | {timing['median_s'] * 1e3:.0f} | {timing['crops_per_s']:.2f} | "
+                f"| {dtype} | {part} | {timing['median_s'] * 1e3:.0f} | {rate} | "
                 f"{gib(timing.get('peak_bytes'))} | {'' if ratio is None else f'{ratio:.2f}'} | "
                 f"{'' if flop_ratio is None else f'{flop_ratio:.2f}'} |"
             )

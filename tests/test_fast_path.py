@@ -15,19 +15,8 @@ from depthforge_hf.modeling.modeling_depthforge import (
 )
 
 
-def concatenation_refinement(decoder: DepthForgeRefinementDecoder, features: list[torch.Tensor]) -> torch.Tensor:
-    """The official `DynamicQueryCorrectionModule.forward`: resize every level, gate it, concatenate, fuse."""
-    size = features[0].shape[-2:]
-    gated = []
-    for level in features:
-        if level.shape[-2:] != size:
-            level = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
-        gated.append(decoder.attention_gate(level))
-    return decoder.linear_fuse(torch.cat(gated, dim=1))
-
-
 def pyramid(batch: int, channels: int, height: int, width: int, seed: int = 0) -> list[torch.Tensor]:
-    """Levels at strides 4, 8, 16, 32 of a (4 height) x (4 width) stride-4 map, as the backbone builds them."""
+    """A height x width stride-4 map and the levels at strides 8, 16, 32 below it, as the backbone builds them."""
     generator = torch.Generator().manual_seed(seed)
     stride4 = torch.randn(batch, channels, height, width, generator=generator)
     return [
@@ -53,15 +42,18 @@ def decoder(channels: int = 32, reduction: int = 4) -> DepthForgeRefinementDecod
         (32, 48, 5),  # bands do not divide the height; the last band is short
         (32, 32, 1),  # one-row bands: both halo rows come from neighbours or the zero border
         (32, 32, 64),  # a single band taller than the map
-        (24, 20, 7),  # factor 8 does not divide 20 / 8: the whole-map fallback
+        (24, 20, 7),  # the coarsest level's row and column factors differ (8 and 10)
+        (26, 20, 7),  # 26 / 6 is not an integer: the whole-map fallback
     ],
 )
 def test_banded_refinement_equals_the_concatenation(height, width, rows_per_band):
     module = decoder()
     module.rows_per_band = rows_per_band
     features = pyramid(2, 32, height, width)
+    expect_bands = (height, width) != (26, 20)
+    assert all(bandable(level, (height, width)) for level in features) == expect_bands
     with torch.no_grad():
-        expected = concatenation_refinement(module, features)
+        expected = module.concatenation_forward(features)
         actual = module(features)
     assert actual.shape == expected.shape
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
@@ -91,7 +83,7 @@ def test_fused_refinement_gradients_equal_the_concatenation():
     for tensor in [*features, *module.parameters()]:
         tensor.grad = None
     with torch.enable_grad():
-        concatenation_refinement(module, features).square().sum().backward()
+        module.concatenation_forward(features).square().sum().backward()
     reference = [level.grad for level in features] + [p.grad for p in module.parameters()]
     for actual, expected in zip(fused, reference, strict=True):
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
@@ -128,7 +120,7 @@ def test_recomputed_refinement_in_training_gives_the_same_loss_and_gradients():
 
     plain_loss, plain_gradients = loss_and_gradients()
     model.activation_checkpointing_enable()
-    assert model.depthforge.gradient_checkpointing
+    assert model.depthforge.gradient_checkpointing and model.refinement.gradient_checkpointing
     recomputed_loss, recomputed_gradients = loss_and_gradients()
     torch.testing.assert_close(recomputed_loss, plain_loss)
     assert recomputed_gradients.keys() == plain_gradients.keys()
@@ -184,12 +176,12 @@ def test_banded_refinement_on_a_gpu(dtype):
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        expected = concatenation_refinement(module, features)
+        expected = module.concatenation_forward(features)
         concatenation_peak = torch.cuda.max_memory_allocated() - before
         del expected
         torch.cuda.reset_peak_memory_stats()
         actual = module(features)
         banded_peak = torch.cuda.max_memory_allocated() - before
-        expected = concatenation_refinement(module, features)
+        expected = module.concatenation_forward(features)
     torch.testing.assert_close(actual.float(), expected.float(), rtol=tolerance, atol=tolerance)
     assert banded_peak < concatenation_peak / 4

@@ -337,9 +337,17 @@ class DepthForgeAttentionGate(nn.Module):
         )
         self.spatial_attention = nn.Conv2d(channels, 1, kernel_size=3, padding=1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, halo: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """Gate `features`. A band of rows of a larger map passes `halo` = (rows above, rows below) that it carries
+        from its neighbours: they feed the 3x3 spatial gate and are left out of the output, and where a band has no
+        neighbour row (the map's border) the spatial gate sees a zero row, as the whole map's zero padding."""
         features = features * torch.sigmoid(self.channel_attention(features))
-        return features * torch.sigmoid(self.spatial_attention(features))
+        if halo == (0, 0):
+            return features * torch.sigmoid(self.spatial_attention(features))
+        top, bottom = halo
+        padded = F.pad(features, (0, 0, 1 - top, 1 - bottom))
+        spatial = F.conv2d(padded, self.spatial_attention.weight, self.spatial_attention.bias, padding=(0, 1))
+        return features[:, :, top : features.shape[2] - bottom] * torch.sigmoid(spatial)
 
 
 class DepthForgeRefinementDecoder(nn.Module):
@@ -353,9 +361,11 @@ class DepthForgeRefinementDecoder(nn.Module):
     the sum of per-level 1x1 convolutions with the matching slices of its weight (the same sum of products, in another
     order), so no concatenation exists. Without autograd the output is also built in bands of rows: each band resizes
     only the source rows it needs, gates them (plus one halo row on each side for the 3x3 spatial gate) and adds the
-    four levels' contributions, so the working set is a few rows instead of four full-resolution maps. Outputs agree
-    with the concatenation form to float rounding (tests/test_fast_path.py); the parameters, and so the checkpoints,
-    are the official ones.
+    four levels' contributions, so the working set is a few rows instead of four full-resolution maps. With
+    activation checkpointing on (`gradient_checkpointing`, set by `activation_checkpointing_enable`) training
+    recomputes the decoder in backward instead of keeping the four gated maps. Outputs agree with the official
+    formulation (`concatenation_forward`) to float rounding (tests/test_fast_path.py); the parameters, and so the
+    checkpoints, are the official ones.
     """
 
     def __init__(self, channels: int, reduction: int, num_levels: int = 4):
@@ -364,44 +374,52 @@ class DepthForgeRefinementDecoder(nn.Module):
         self.linear_fuse = nn.Conv2d(num_levels * channels, channels, kernel_size=1)
         # Output rows per band on the no-autograd path (a runtime knob, not a config field: it changes no result).
         self.rows_per_band = 16
+        self.gradient_checkpointing = False
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        # a tuple: checkpoint keeps its arguments for the recomputation, and callers may change their list afterwards
+        features = tuple(features)
+        height = features[0].shape[-2]
+        if torch.is_grad_enabled():
+            if self.gradient_checkpointing and self.training:
+                return checkpoint(self.fused_rows, features, 0, height, use_reentrant=False)
+            return self.fused_rows(features, 0, height)
         size = tuple(features[0].shape[-2:])
-        fuse_weights = self.linear_fuse.weight.split(features[0].shape[1], dim=1)
-        if torch.is_grad_enabled() or not all(bandable(level, size) for level in features):
-            output = None
-            for level, weight in zip(features, fuse_weights, strict=True):
-                if tuple(level.shape[-2:]) != size:
-                    level = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
-                contribution = F.conv2d(self.attention_gate(level), weight)
-                output = contribution if output is None else output + contribution
-            return output + self.linear_fuse.bias[:, None, None].to(output.dtype)
-
-        height, width = size
+        if not all(bandable(level, size) for level in features):
+            return self.fused_rows(features, 0, height)
         output = None
         for top in range(0, height, self.rows_per_band):
             bottom = min(top + self.rows_per_band, height)
-            # one halo row each side for the 3x3 spatial gate; zero rows beyond the image, as its zero padding
-            halo_top, halo_bottom = max(top - 1, 0), min(bottom + 1, height)
-            band = None
-            for level, weight in zip(features, fuse_weights, strict=True):
-                rows = resized_rows(level, halo_top, halo_bottom, size)
-                rows = rows * torch.sigmoid(self.attention_gate.channel_attention(rows))
-                padded = F.pad(rows, (0, 0, halo_top - (top - 1), (bottom + 1) - halo_bottom))
-                spatial = F.conv2d(
-                    padded,
-                    self.attention_gate.spatial_attention.weight,
-                    self.attention_gate.spatial_attention.bias,
-                    padding=(0, 1),
-                )
-                gated = rows[:, :, top - halo_top : bottom - halo_top] * torch.sigmoid(spatial)
-                contribution = F.conv2d(gated, weight)
-                band = contribution if band is None else band + contribution
-            band = band + self.linear_fuse.bias[:, None, None].to(band.dtype)
+            band = self.fused_rows(features, top, bottom)
             if output is None:
-                output = band.new_empty((band.shape[0], band.shape[1], height, width))
+                output = band.new_empty((*band.shape[:2], *size))
             output[:, :, top:bottom] = band
         return output
+
+    def fused_rows(self, features: tuple[torch.Tensor, ...], top: int, bottom: int) -> torch.Tensor:
+        """Rows `top:bottom` of the output (all rows: the whole-map computation): each level resized to stride 4
+        (only the rows needed, plus one halo row each side inside the map), gated, and convolved with its slice of
+        the fusion weight; the contributions summed."""
+        size = tuple(features[0].shape[-2:])
+        halo_top, halo_bottom = max(top - 1, 0), min(bottom + 1, size[0])
+        output = None
+        for level, weight in zip(features, self.linear_fuse.weight.split(features[0].shape[1], dim=1), strict=True):
+            rows = resized_rows(level, halo_top, halo_bottom, size)
+            gated = self.attention_gate(rows, halo=(top - halo_top, halo_bottom - bottom))
+            contribution = F.conv2d(gated, weight)
+            output = contribution if output is None else output + contribution
+        return output + self.linear_fuse.bias[:, None, None].to(output.dtype)
+
+    def concatenation_forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The official `DynamicQueryCorrectionModule.forward` (resize, gate, concatenate, fuse): the reference the
+        fused forward is tested and benchmarked against."""
+        size = features[0].shape[-2:]
+        gated = []
+        for level in features:
+            if level.shape[-2:] != size:
+                level = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+            gated.append(self.attention_gate(level))
+        return self.linear_fuse(torch.cat(gated, dim=1))
 
 
 def bandable(level: torch.Tensor, size: tuple[int, int]) -> bool:
@@ -412,7 +430,7 @@ def bandable(level: torch.Tensor, size: tuple[int, int]) -> bool:
 
 def resized_rows(level: torch.Tensor, top: int, bottom: int, size: tuple[int, int]) -> torch.Tensor:
     """Rows `top:bottom` of `F.interpolate(level, size, mode="bilinear", align_corners=False)`, computed from the source
-    rows they need only.
+    rows they need only (all rows: the whole resize, for any factor).
 
     With an integer factor s, output row y samples source coordinate (y + 0.5) / s - 0.5. Resizing source rows a:b to
     (b - a) s rows uses the same scale 1 / s and puts output row y at local row y - a s, so its weights and neighbours
@@ -422,6 +440,8 @@ def resized_rows(level: torch.Tensor, top: int, bottom: int, size: tuple[int, in
     source_height = level.shape[-2]
     if (source_height, level.shape[-1]) == size:
         return level[:, :, top:bottom]
+    if (top, bottom) == (0, size[0]):
+        return F.interpolate(level, size=size, mode="bilinear", align_corners=False)
     factor = size[0] // source_height
     first = max(top // factor - 1, 0)
     last = min(-(-bottom // factor) + 1, source_height)
@@ -547,7 +567,7 @@ class DepthForgeDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDefo
         sampling_locations = (
             reference_points[:, :, None, :, None, :] + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
         )
-        # Without autograd the gather is faster (about 7% of a small-config inference on CPU); with autograd its
+        # Without autograd the gather is faster (about 6% of a small-config inference on CPU); with autograd its
         # backward (a sort of every corner index) costs what the gather saves, so training keeps transformers' path.
         sample = multi_scale_deformable_attention if torch.is_grad_enabled() else gathered_deformable_attention
         output = sample(value, spatial_shapes_list, sampling_locations, attention_weights)
@@ -571,10 +591,9 @@ def gathered_deformable_attention(
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     dtype = torch.promote_types(value.dtype, attention_weights.dtype)
     device = value.device
-    heights = torch.tensor([height for height, _ in spatial_shapes], device=device).view(1, 1, 1, num_levels, 1)
-    widths = torch.tensor([width for _, width in spatial_shapes], device=device).view(1, 1, 1, num_levels, 1)
-    starts = torch.tensor([0] + [height * width for height, width in spatial_shapes[:-1]], device=device)
-    starts = starts.cumsum(0).view(1, 1, 1, num_levels, 1)
+    # per level, broadcast over (batch, query, head, level, point)
+    heights, widths = torch.tensor(spatial_shapes, device=device).view(1, 1, 1, num_levels, 1, 2).unbind(-1)
+    starts = (heights * widths).cumsum(dim=3) - heights * widths  # first row of each level in the flattened value
     # the value table's rows are (batch, head, position): each (batch, head) pair reads its own block of rows
     table = value.permute(0, 2, 1, 3).reshape(batch_size * num_heads * sequence_length, head_width).to(dtype)
     block_start = torch.arange(batch_size * num_heads, device=device).view(batch_size, 1, num_heads, 1, 1)
@@ -1941,13 +1960,7 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
         backbone = self.depthforge(pixel_values, output_hidden_states=output_hidden_states)
         features = list(backbone.feature_maps)
         if self.refinement is not None:
-            if self.depthforge.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                # recomputed in backward: the four gated stride-4 maps it keeps for backward dominate the head's memory.
-                # A copy of the list: checkpoint keeps the argument for the recomputation, and features[0] changes below.
-                refined = checkpoint(self.refinement, list(features), use_reentrant=False)
-            else:
-                refined = self.refinement(features)
-            features[0] = refined + features[0]
+            features[0] = self.refinement(features) + features[0]
         pixel_output = self.pixel_decoder(features, return_dict=True)
         class_logits, mask_logits = self.transformer_decoder(
             pixel_output.multi_scale_features, pixel_output.mask_features, backbone.queries
