@@ -438,10 +438,11 @@ def resized_rows(level: torch.Tensor, top: int, bottom: int, size: tuple[int, in
     the image border, where the whole-map resize clamps too) ensures that.
     """
     source_height = level.shape[-2]
-    if (source_height, level.shape[-1]) == size:
+    same_size = (source_height, level.shape[-1]) == size
+    if (top, bottom) == (0, size[0]):  # the whole map: no slice (a slice would add a copy to autograd's backward)
+        return level if same_size else F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+    if same_size:
         return level[:, :, top:bottom]
-    if (top, bottom) == (0, size[0]):
-        return F.interpolate(level, size=size, mode="bilinear", align_corners=False)
     factor = size[0] // source_height
     first = max(top // factor - 1, 0)
     last = min(-(-bottom // factor) + 1, source_height)
