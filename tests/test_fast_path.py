@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_config_kwargs
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from depthforge_hf import DepthForgeConfig, DepthForgeForSemanticSegmentation
 from depthforge_hf.modeling.modeling_depthforge import (
@@ -185,3 +186,32 @@ def test_banded_refinement_on_a_gpu(dtype):
         expected = module.concatenation_forward(features)
     torch.testing.assert_close(actual.float(), expected.float(), rtol=tolerance, atol=tolerance)
     assert banded_peak < concatenation_peak / 4
+
+
+class HostDataTensors(TorchDispatchMode):
+    """Counts tensors made from host (Python) data: `torch.tensor(list, device=...)` enters dispatch as `lift_fresh`.
+    On a GPU each is a copy from pageable memory that waits for all queued work and breaks CUDA graph capture."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten.lift_fresh.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("size, mode", [((64, 96), "whole"), ((96, 160), "slide")])
+def test_inference_makes_no_tensor_from_host_data(size, mode):
+    model = DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs())).eval()
+    pixel_values = torch.randn(1, 3, *size)
+    with torch.no_grad(), HostDataTensors() as host_data:
+        logits = model.predict_logits(pixel_values, inference_mode=mode, window_size=64, window_stride=48)
+    assert logits.shape[-2:] == size
+    assert host_data.count == 0
+
+
+def test_the_host_data_counter_sees_a_tensor_made_from_a_list():
+    with HostDataTensors() as host_data:
+        torch.tensor([[3, 4], [5, 6]]) + 1
+    assert host_data.count == 1

@@ -17,18 +17,22 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import hf_hub_download
 from safetensors.torch import load_file, save_file
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoBackbone, AutoModelForDepthEstimation, Dinov2Backbone, PreTrainedModel
 from transformers import initialization as init
 from transformers.models.mask2former.configuration_mask2former import Mask2FormerConfig
 from transformers.models.mask2former.modeling_mask2former import (
-    Mask2FormerLoss,
     Mask2FormerMaskedAttentionDecoder,
     Mask2FormerPixelDecoder,
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+    Mask2FormerPixelDecoderOutput,
     Mask2FormerSinePositionEmbedding,
+    dice_loss,
     multi_scale_deformable_attention,
+    sample_point,
+    sigmoid_cross_entropy_loss,
 )
 from transformers.utils import ModelOutput, logging
 
@@ -507,6 +511,65 @@ class DepthForgePixelDecoder(Mask2FormerPixelDecoder):
         for layer in self.encoder.layers:
             layer.self_attn = DepthForgeDeformableAttention.from_module(layer.self_attn)
 
+    def forward(self, features: list[torch.Tensor], return_dict: bool = True) -> Mask2FormerPixelDecoderOutput:
+        """transformers' forward (v5.x, without attention and hidden-state outputs) with the level shapes built on the
+        device (`spatial_shapes_on_device`) instead of copied from a host list."""
+        inputs_embeds, position_embeddings = [], []
+        for level, x in enumerate(features[::-1][: self.num_feature_levels]):
+            inputs_embeds.append(self.input_projections[level](x))
+            position_embeddings.append(self.position_embedding(x.shape, x.device, x.dtype))
+        masks = [torch.zeros((x.size(0), x.size(2), x.size(3)), device=x.device, dtype=torch.bool) for x in inputs_embeds]
+        spatial_shapes_list = [(embed.shape[2], embed.shape[3]) for embed in inputs_embeds]
+        input_embeds_flat = torch.cat([embed.flatten(2).transpose(1, 2) for embed in inputs_embeds], 1)
+        spatial_shapes = spatial_shapes_on_device(spatial_shapes_list, input_embeds_flat.device)
+        masks_flat = torch.cat([mask.flatten(1) for mask in masks], 1)
+        level_pos_embed_flat = torch.cat(
+            [embed.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1)
+             for i, embed in enumerate(position_embeddings)],
+            1,
+        )
+        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        valid_ratios = torch.stack([self.get_valid_ratio(mask, dtype=input_embeds_flat.dtype) for mask in masks], 1)
+        encoder_outputs = self.encoder(
+            inputs_embeds=input_embeds_flat,
+            attention_mask=masks_flat,
+            position_embeddings=level_pos_embed_flat,
+            spatial_shapes_list=spatial_shapes_list,
+            level_start_index=level_start_index,
+            valid_ratios=valid_ratios,
+            return_dict=True,
+        )
+        last_hidden_state = encoder_outputs.last_hidden_state
+        levels = torch.split(last_hidden_state, [height * width for height, width in spatial_shapes_list], dim=1)
+        outputs = [
+            level.transpose(1, 2).view(last_hidden_state.shape[0], -1, height, width)
+            for level, (height, width) in zip(levels, spatial_shapes_list, strict=True)
+        ]
+        # the FPN levels, from low to high resolution
+        for lateral_conv, output_conv, feature in zip(
+            self.lateral_convolutions, self.output_convolutions, features[: self.num_fpn_levels][::-1], strict=True
+        ):
+            current_fpn = lateral_conv(feature)
+            out = current_fpn + F.interpolate(
+                outputs[-1], size=current_fpn.shape[-2:], mode="bilinear", align_corners=False
+            )
+            outputs.append(output_conv(out))
+        return Mask2FormerPixelDecoderOutput(
+            mask_features=self.mask_projection(outputs[-1]),
+            multi_scale_features=tuple(outputs[: self.num_feature_levels]),
+        )
+
+
+def spatial_shapes_on_device(spatial_shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """(levels, 2) int64 (height, width) made by fill kernels on `device`.
+
+    `torch.tensor(shapes, device="cuda")` copies from pageable host memory, which waits for all queued GPU work (a
+    host-device synchronisation; 13 per forward at the paper's config) and cannot be captured in a CUDA graph. A fill
+    takes its value as a kernel argument.
+    """
+    values = [torch.full((), size, dtype=torch.long, device=device) for shape in spatial_shapes for size in shape]
+    return torch.stack(values).view(len(spatial_shapes), 2)
+
 
 class DepthForgeDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
     """transformers' multi-scale deformable attention, sampling by one weighted gather without autograd.
@@ -562,9 +625,7 @@ class DepthForgeDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDefo
         attention_weights = F.softmax(attention_weights, -1).view(
             batch_size, num_queries, self.n_heads, self.n_levels, self.n_points
         )
-        offset_normalizer = torch.tensor(
-            [[width, height] for height, width in spatial_shapes_list], dtype=torch.long, device=reference_points.device
-        )
+        offset_normalizer = spatial_shapes_on_device(spatial_shapes_list, reference_points.device).flip(-1)
         sampling_locations = (
             reference_points[:, :, None, :, None, :] + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
         )
@@ -593,7 +654,7 @@ def gathered_deformable_attention(
     dtype = torch.promote_types(value.dtype, attention_weights.dtype)
     device = value.device
     # per level, broadcast over (batch, query, head, level, point)
-    heights, widths = torch.tensor(spatial_shapes, device=device).view(1, 1, 1, num_levels, 1, 2).unbind(-1)
+    heights, widths = spatial_shapes_on_device(spatial_shapes, device).view(1, 1, 1, num_levels, 1, 2).unbind(-1)
     starts = (heights * widths).cumsum(dim=3) - heights * widths  # first row of each level in the flattened value
     # the value table's rows are (batch, head, position): each (batch, head) pair reads its own block of rows
     table = value.permute(0, 2, 1, 3).reshape(batch_size * num_heads * sequence_length, head_width).to(dtype)
@@ -668,25 +729,186 @@ class DepthForgeMaskedAttentionDecoder(nn.Module):
         return class_logits, list(output.masks_queries_logits)
 
 
-class DepthForgeLoss(Mask2FormerLoss):
-    """transformers' `Mask2FormerLoss` with the official (mmdet) mask normaliser.
+@dataclass
+class DepthForgeLossTargets:
+    """The per-step targets of `DepthForgeLoss`, prepared from the label maps before the network runs.
 
-    mmdet divides the mask and dice losses by sum_i max(min(#targets_i, Q), 1) averaged over processes; transformers
-    uses sum_i #targets_i. They differ for images without labelled pixels. The reduction uses torch.distributed
-    directly (a collective: every process must compute the loss every step).
+    class_map: (B, H + 2, W + 2) int64 on the model's device: the label maps with every pixel that belongs to no class
+    (ignored, or the one-pixel border added around each map) set to `num_labels`; see `class_mask_samples`.
+    classes: per image, the sorted class ids present (on the host: the matching runs there).
     """
 
-    def __init__(self, config: Mask2FormerConfig, num_queries: int):
-        super().__init__(config, weight_dict={})
-        self.num_queries = num_queries
+    class_map: torch.Tensor
+    classes: list[torch.Tensor]
 
-    def get_num_masks(self, class_labels: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-        num_masks = sum(max(min(len(classes), self.num_queries), 1) for classes in class_labels)
+
+def class_mask_samples(
+    class_map: torch.Tensor, points: torch.Tensor, images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear samples of the binary class masks of label maps at points, without building the masks.
+
+    `class_map` (B, H + 2, W + 2): the label maps framed by one pixel of a no-class value (`DepthForgeLossTargets`);
+    `points` (R, N, 2) as (x, y) in [0, 1] of the unframed map, row r on map `images[r]`. Returns the labels of the
+    four bilinear corners (R, N, 4) and their weights (R, N, 4): the sample of the mask of class k is
+    sum(weights * (corner_labels == k)). That is `grid_sample(one_hot_masks, 2 * points - 1, align_corners=False)`
+    (zero padding: corners outside the map read the frame) up to float rounding in the weights, for every class.
+    """
+    _, framed_height, framed_width = class_map.shape
+    # grid_sample's unnormalisation for align_corners=False, ((2p - 1) + 1) * size / 2 - 0.5, plus 1 for the frame
+    x = points[..., 0] * (framed_width - 2) + 0.5
+    y = points[..., 1] * (framed_height - 2) + 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    top_left = (y0.long() * framed_width + x0.long()) + (images * (framed_height * framed_width))[:, None]
+    # corner offsets (0, 1, W + 2, W + 3) made on the device: a tensor from host data would be a synchronising copy
+    corner = torch.arange(2, device=class_map.device)
+    offsets = (corner[:, None] * framed_width + corner[None, :]).flatten()
+    corner_labels = class_map.view(-1)[top_left[..., None] + offsets]
+    weights = torch.stack(((1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy), dim=-1)
+    return corner_labels, weights
+
+
+class DepthForgeLoss(nn.Module):
+    """The official training loss (mmdet 3.3 `Mask2FormerHead.loss_by_feat`) over every prediction of a step.
+
+    Adapted from transformers' `Mask2FormerLoss` and `Mask2FormerHungarianMatcher` (same matching costs, same point
+    sampling, the same random draws, taken in the official order: d0 ... d{L-1}, then the last prediction), reorganised
+    without changing the math:
+    - the matching costs of all images of a prediction are computed together and copied to the host at once, where
+      scipy solves them: one synchronisation per prediction instead of one per image and prediction;
+    - no per-class target masks are built (transformers pads and indexes them again for each prediction, about
+      (#classes + #matched) full-resolution float masks per image): target values at the sampled points are bilinear
+      reads of the label map itself (`class_mask_samples`);
+    - the targets (classes present, label checks) are prepared before the network runs (`prepare_targets`), so bad
+      labels fail before the forward pass.
+    The mask and dice losses are divided by mmdet's normaliser sum_i max(min(#targets_i, Q), 1), averaged over
+    processes (transformers divides by sum_i #targets_i; they differ for images without labelled pixels). The
+    reduction uses torch.distributed directly: a collective, so every process must compute the loss every step.
+    tests/test_loss.py compares it with transformers' classes.
+    """
+
+    def __init__(self, config: Mask2FormerConfig, num_queries: int, ignore_index: int):
+        super().__init__()
+        self.num_labels = config.num_labels
+        self.num_queries = num_queries
+        self.ignore_index = ignore_index
+        self.eos_coef = config.no_object_weight
+        empty_weight = torch.ones(self.num_labels + 1)
+        empty_weight[-1] = self.eos_coef
+        self.empty_weight = nn.Buffer(empty_weight)
+        self.class_weight, self.mask_weight, self.dice_weight = config.class_weight, config.mask_weight, config.dice_weight
+        self.num_points = config.train_num_points
+        self.num_oversampled_points = int(config.train_num_points * config.oversample_ratio)
+        self.num_uncertain_points = int(config.importance_sample_ratio * config.train_num_points)
+
+    def prepare_targets(self, labels: torch.Tensor, device: torch.device) -> DepthForgeLossTargets:
+        """Check the label maps and find the classes of every image (a small device-to-host copy when the labels are
+        on an accelerator; called before the network runs, when little work is queued), then move them to `device`."""
+        if labels.ndim != 3:
+            raise ValueError(f"labels must be (batch, height, width) class ids, got shape {tuple(labels.shape)}.")
+        labels = labels.long()
+        labelled = labels != self.ignore_index
+        out_of_range = labelled & ((labels < 0) | (labels >= self.num_labels))
+        class_map = F.pad(torch.where(labelled & ~out_of_range, labels, self.num_labels), (1, 1, 1, 1),
+                          value=self.num_labels)
+        # per image, which classes occur (column K, "no class", is dropped)
+        present = labels.new_zeros((labels.shape[0], self.num_labels + 1), dtype=torch.bool)
+        present.scatter_(1, class_map.flatten(1), True)
+        present, any_out_of_range = present[:, :-1].cpu(), bool(out_of_range.any())
+        if any_out_of_range:
+            bad = torch.unique(labels[out_of_range]).tolist()
+            raise ValueError(
+                f"labels contain values {bad} outside the {self.num_labels} classes; map unknown pixels to "
+                f"ignore_index={self.ignore_index}."
+            )
+        classes = [row.nonzero().flatten() for row in present]
+        return DepthForgeLossTargets(class_map=class_map.to(device, non_blocking=True), classes=classes)
+
+    def num_masks(self, targets: DepthForgeLossTargets, device: torch.device) -> torch.Tensor:
+        """mmdet's normaliser: sum over images of max(min(#classes, Q), 1), averaged over processes, at least 1."""
+        num_masks = sum(max(min(len(classes), self.num_queries), 1) for classes in targets.classes)
         num_masks = torch.as_tensor(num_masks, dtype=torch.float, device=device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(num_masks)
             num_masks = num_masks / torch.distributed.get_world_size()
         return torch.clamp(num_masks, min=1)
+
+    def matching_costs(
+        self, class_logits: torch.Tensor, mask_logits: torch.Tensor, class_map: torch.Tensor, points: torch.Tensor
+    ) -> torch.Tensor:
+        """Hungarian costs (B, Q, K) of every query against every class, as transformers' matcher computes them for
+        the classes present: `class_weight` x -p(class) + `mask_weight` x point BCE + `dice_weight` x point dice, at
+        the `points` (B, P, 2) shared by all queries and classes of an image."""
+        probabilities = class_logits.softmax(-1)[..., :-1]
+        predicted = F.grid_sample(mask_logits, 2.0 * points.unsqueeze(2) - 1.0, align_corners=False).squeeze(3)
+        images = torch.arange(len(class_map), device=class_map.device)
+        corner_labels, weights = class_mask_samples(class_map, points, images)
+        target = weights.new_zeros((*weights.shape[:2], self.num_labels + 1))
+        target = target.scatter_add_(2, corner_labels, weights)[..., :-1]  # (B, P, K)
+        # pair_wise_sigmoid_cross_entropy_loss and pair_wise_dice_loss of transformers, batched
+        num_points = predicted.shape[-1]
+        positive = F.binary_cross_entropy_with_logits(predicted, torch.ones_like(predicted), reduction="none")
+        negative = F.binary_cross_entropy_with_logits(predicted, torch.zeros_like(predicted), reduction="none")
+        cost_mask = torch.matmul(positive / num_points, target) + torch.matmul(negative / num_points, 1 - target)
+        predicted = predicted.sigmoid()
+        numerator = 2 * torch.matmul(predicted, target)
+        denominator = predicted.sum(-1)[..., None] + target.sum(1)[:, None, :]
+        cost_dice = 1 - (numerator + 1) / (denominator + 1)
+        cost = self.mask_weight * cost_mask + self.class_weight * -probabilities + self.dice_weight * cost_dice
+        # as transformers: NaN and inf costs become the largest float, matched only when nothing else is left
+        largest = torch.finfo(cost.dtype).max
+        return torch.nan_to_num(cost, nan=largest, posinf=largest, neginf=largest)
+
+    def match(self, costs: torch.Tensor, targets: DepthForgeLossTargets) -> torch.Tensor:
+        """Solve the assignment of every image on the host from `costs` (B, Q, K). Returns (3, M) int64: the image,
+        query and class of each of the M matched pairs, ordered by image, then query (transformers' order)."""
+        costs = costs.float().cpu().numpy()  # one synchronisation per prediction (transformers: one per image)
+        images, queries, classes = [], [], []
+        for image, image_classes in enumerate(targets.classes):
+            rows, columns = linear_sum_assignment(costs[image][:, image_classes.numpy()])
+            images.append(torch.full((len(rows),), image, dtype=torch.long))
+            queries.append(torch.as_tensor(rows, dtype=torch.long))
+            classes.append(image_classes[torch.as_tensor(columns, dtype=torch.long)])
+        return torch.stack((torch.cat(images), torch.cat(queries), torch.cat(classes)))
+
+    def forward(
+        self, class_logits: list[torch.Tensor], mask_logits: list[torch.Tensor], targets: DepthForgeLossTargets
+    ) -> list[dict[str, torch.Tensor]]:
+        """Unweighted `loss_cls`, `loss_mask` and `loss_dice` of every prediction, in the given (official) order.
+
+        The random draws follow mmdet (and transformers): per prediction, one matching point set per image, then the
+        oversampled and the uniform point sets of the matched masks."""
+        device = mask_logits[0].device
+        num_masks = self.num_masks(targets, device)
+        terms = []
+        for classes, masks in zip(class_logits, mask_logits, strict=True):
+            points = torch.cat([torch.rand(1, self.num_points, 2, device=device) for _ in targets.classes])
+            with torch.no_grad():
+                costs = self.matching_costs(classes.detach(), masks.detach(), targets.class_map, points)
+            images, queries, matched_classes = self.match(costs, targets).to(device, non_blocking=True)
+
+            target_classes = torch.full(classes.shape[:2], self.num_labels, dtype=torch.long, device=device)
+            target_classes[images, queries] = matched_classes
+            loss_cls = F.cross_entropy(classes.transpose(1, 2), target_classes, weight=self.empty_weight)
+
+            matched_masks = masks[images, queries][:, None]  # (M, 1, h, w)
+            with torch.no_grad():  # transformers' sample_points_using_uncertainty, uncertainty = -|logit|
+                oversampled = torch.rand(len(images), self.num_oversampled_points, 2, device=device)
+                uncertainty = -sample_point(matched_masks, oversampled, align_corners=False)[:, 0].abs()
+                chosen = torch.topk(uncertainty, k=self.num_uncertain_points, dim=1)[1]
+                points = torch.gather(oversampled, 1, chosen[..., None].expand(-1, -1, 2))
+                if self.num_points > self.num_uncertain_points:
+                    uniform = torch.rand(len(images), self.num_points - self.num_uncertain_points, 2, device=device)
+                    points = torch.cat([points, uniform], dim=1)
+                corner_labels, weights = class_mask_samples(targets.class_map, points, images)
+                point_labels = (weights * (corner_labels == matched_classes[:, None, None])).sum(-1)
+            point_logits = sample_point(matched_masks, points, align_corners=False)[:, 0]
+            terms.append({
+                "loss_cls": loss_cls,
+                "loss_mask": sigmoid_cross_entropy_loss(point_logits, point_labels, num_masks),
+                "loss_dice": dice_loss(point_logits, point_labels, num_masks),
+            })
+        return terms
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1165,7 +1387,7 @@ def build_head_modules(config: DepthForgeConfig) -> dict[str, nn.Module | None]:
         ),
         "pixel_decoder": DepthForgePixelDecoder(component_config, [width] * 4, config.group_norm_groups),
         "transformer_decoder": DepthForgeMaskedAttentionDecoder(config, component_config),
-        "criterion": DepthForgeLoss(component_config, num_queries=config.num_queries),
+        "criterion": DepthForgeLoss(component_config, config.num_queries, config.ignore_index),
     }
 
 
@@ -1781,43 +2003,20 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
         model.depthforge.freeze_foundation_models()
         return model
 
-    def build_targets(self, labels: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per-image class ids and binary masks (one per class present; ignore pixels belong to no mask)."""
-        if labels.ndim != 3:
-            raise ValueError(f"labels must be (batch, height, width) class ids, got shape {tuple(labels.shape)}.")
-        ignore_index, num_labels = self.config.ignore_index, self.config.num_labels
-        class_labels, mask_labels = [], []
-        for label_map in labels.long():
-            present = torch.unique(label_map)
-            present = present[present != ignore_index]
-            if present.numel() and (present.min() < 0 or present.max() >= num_labels):
-                bad = present[(present < 0) | (present >= num_labels)].tolist()
-                raise ValueError(
-                    f"labels contain values {bad} outside the {num_labels} classes; map unknown pixels to "
-                    f"ignore_index={ignore_index}."
-                )
-            class_labels.append(present)
-            mask_labels.append((label_map[None] == present[:, None, None]).float())
-        return class_labels, mask_labels
-
     def compute_loss(
-        self, class_logits: list[torch.Tensor], mask_logits: list[torch.Tensor], labels: torch.Tensor
+        self, class_logits: list[torch.Tensor], mask_logits: list[torch.Tensor], targets: DepthForgeLossTargets
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted Mask2Former loss over every prediction, walked in the official order (d0 ... d{L-1}, then the
-        last), which is also the order of the random point draws."""
-        class_labels, mask_labels = self.build_targets(labels)
-        weights = {
-            "loss_cross_entropy": ("loss_cls", self.config.class_weight),
-            "loss_mask": ("loss_mask", self.config.mask_weight),
-            "loss_dice": ("loss_dice", self.config.dice_weight),
-        }
-        last = len(class_logits) - 1
+        last), which is also the order of the random point draws. `targets` from `self.criterion.prepare_targets`."""
+        weights = {"loss_cls": self.config.class_weight, "loss_mask": self.config.mask_weight,
+                   "loss_dice": self.config.dice_weight}
+        terms = self.criterion(class_logits, mask_logits, targets)
+        last = len(terms) - 1
         loss_dict = {}
-        for index, (classes, masks) in enumerate(zip(class_logits, mask_logits, strict=True)):
-            terms = self.criterion(masks, classes, mask_labels, class_labels)
+        for index, prediction_terms in enumerate(terms):
             prefix = "" if index == last else f"d{index}."
-            for key, (name, weight) in weights.items():
-                loss_dict[prefix + name] = terms[key] * weight
+            for name, value in prediction_terms.items():
+                loss_dict[prefix + name] = value * weights[name]
         return sum(loss_dict.values()), loss_dict
 
     @staticmethod
@@ -1958,6 +2157,8 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
         return_logits: bool,
     ) -> DepthForgeSemanticSegmenterOutput:
         """One network pass over the whole input (the original forward)."""
+        # labels are checked (and the loss's shapes fixed) before the network runs
+        targets = None if labels is None else self.criterion.prepare_targets(labels, pixel_values.device)
         backbone = self.depthforge(pixel_values, output_hidden_states=output_hidden_states)
         features = list(backbone.feature_maps)
         if self.refinement is not None:
@@ -1968,8 +2169,8 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
         )
 
         loss = loss_dict = None
-        if labels is not None:
-            loss, loss_dict = self.compute_loss(class_logits, mask_logits, labels)
+        if targets is not None:
+            loss, loss_dict = self.compute_loss(class_logits, mask_logits, targets)
 
         logits = None
         if return_logits:
