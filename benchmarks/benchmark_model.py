@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--parts", nargs="+", default=["floor", "inference", "slide", "train", "train-ckpt"],
-                        choices=["floor", "inference", "slide", "train", "train-ckpt"])
+                        choices=["floor", "inference", "inference-graph", "slide", "train", "train-ckpt"],
+                        help="inference-graph (CUDA only): the whole-crop inference captured once in a CUDA graph and "
+                             "replayed, which removes the host's launch work (no memory or FLOP count)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory calls")
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if "inference-graph" in args.parts and device.type != "cuda":
+        parser.error("--parts inference-graph needs --device cuda (CUDA graphs)")
     config = CONFIGS[args.config]()
     model = DepthForgeForSemanticSegmentation(config).to(device)
     backbone = model.depthforge
@@ -186,20 +190,33 @@ def main(argv: list[str] | None = None) -> dict:
             return model(slide_image, inference_mode="slide", window_size=512, window_stride=341,
                          window_batch_size=max(args.batch, 1)).logits
 
+    graphs = {}
+
+    def inference_graph():
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        if dtype not in graphs:  # captured on first use, per dtype (the warm-up call)
+            graphs[dtype] = capture_cuda_graph(inference, device)
+        graphs[dtype].replay()
+
     def train_step():
         loss = model(pixel_values, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    calls = {"floor": floor, "inference": inference, "slide": slide, "train": train_step, "train-ckpt": train_step}
+    calls = {"floor": floor, "inference": inference, "inference-graph": inference_graph, "slide": slide,
+             "train": train_step, "train-ckpt": train_step}
 
     def run_part(part: str, dtype: torch.dtype | None):
-        autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        # a CUDA graph must capture autocast's weight casts, not reuse casts cached outside it (torch.cuda.graph docs)
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=part != "inference-graph")
+            if dtype is not None else contextlib.nullcontext()
+        )
         with autocast:
             calls[part]()
-    crops_per_call = {"floor": args.batch, "inference": args.batch, "slide": 1, "train": args.batch,
-                      "train-ckpt": args.batch}
+    crops_per_call = {"floor": args.batch, "inference": args.batch, "inference-graph": args.batch, "slide": 1,
+                      "train": args.batch, "train-ckpt": args.batch}
 
     results = {
         "config": args.config,
@@ -227,11 +244,19 @@ def main(argv: list[str] | None = None) -> dict:
             call = functools.partial(run_part, part, dtype)
             # every part is timed interleaved with the floor (same dtype), so each ratio compares like with like
             reference = None if part == "floor" else functools.partial(run_part, "floor", dtype)
-            timing = time_calls(call, device, args.warmup, args.repeats, reference)
+            try:
+                warmup = max(args.warmup, 1) if part == "inference-graph" else args.warmup  # capture is not timed
+                timing = time_calls(call, device, warmup, args.repeats, reference)
+            except RuntimeError as error:  # a capture that fails is a result too: record why
+                if part != "inference-graph":
+                    raise
+                run[part] = {"error": f"{type(error).__name__}: {error}"}
+                print(f"  {dtype_name:4s} {part:10s} failed: {run[part]['error'][:300]}", flush=True)
+                continue
             timing["crops_per_s"] = crops_per_call[part] / timing["median_s"]
-            if not args.no_memory:
+            if not args.no_memory and part != "inference-graph":
                 timing["peak_bytes"], _ = peak_memory(call, device)
-            if not args.no_flops:
+            if not args.no_flops and part != "inference-graph":
                 # the floor's FLOPs are analytic (spec/anchors.md); the rest are counted on one untimed call
                 flops = floor_flops * args.batch if part == "floor" else counted_flops(call)
                 timing["flops_per_call"] = flops
@@ -243,8 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
             mfu = f", MFU {100 * timing['mfu']:.1f}%" if "mfu" in timing else ""
             print(f"  {dtype_name:4s} {part:10s} {timing['median_s'] * 1e3:9.1f} ms/call "
                   f"{timing['crops_per_s']:8.2f} crops/s{memory}{mfu}", flush=True)
-        for part in ("inference", "train", "train-ckpt"):
-            if part in run:
+        for part in ("inference", "inference-graph", "train", "train-ckpt"):
+            if part in run and "median_s" in run[part]:
                 ratio = run[part]["median_s"] / run[part]["reference_median_s"]
                 run[f"{part}/floor"] = ratio
                 line = f"  {dtype_name:4s} {part}/floor = {ratio:.2f}"
@@ -259,6 +284,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     write_results(results, args.output, f"{args.config}-{args.crop}-b{args.batch}-{device.type}")
     return results
+
+
+def capture_cuda_graph(function, device: torch.device) -> torch.cuda.CUDAGraph:
+    """`function` (static inputs and outputs) captured in a CUDA graph after warm-up calls on a side stream, as the
+    torch.cuda.graph documentation prescribes."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            function()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        function()
+    return graph
 
 
 def machine_description(device: torch.device) -> str:

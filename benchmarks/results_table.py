@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-PARTS = ("floor", "inference", "slide", "train", "train-ckpt")
+PARTS = ("floor", "inference", "inference-graph", "slide", "train", "train-ckpt")
 
 
 def gib(value: int | None) -> str:
@@ -30,6 +30,9 @@ def model_table(results: dict) -> str:
             if part not in run:
                 continue
             timing = run[part]
+            if "error" in timing:
+                lines.append(f"| {dtype} | {part} | failed: {timing['error'][:120]} | | | | |")
+                continue
             ratio = run.get(f"{part}/floor")
             flop_ratio = run.get(f"{part}/floor FLOPs")
             # a slide call is one 1024 x 2048 image (several windows), the other parts a batch of crops

@@ -215,3 +215,27 @@ def test_the_host_data_counter_sees_a_tensor_made_from_a_list():
     with HostDataTensors() as host_data:
         torch.tensor([[3, 4], [5, 6]]) + 1
     assert host_data.count == 1
+
+
+@pytest.mark.gpu
+def test_inference_can_be_captured_in_a_cuda_graph():
+    """Without host-to-device copies or synchronisations in the forward, whole-crop inference can be captured once
+    and replayed (no host launch work per call); the replay computes what the eager call does."""
+    device = torch.device("cuda")
+    model = DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs())).to(device).eval()
+    pixel_values = torch.randn(2, 3, 64, 96, device=device)
+    with torch.no_grad():
+        expected = model.predict_logits(pixel_values, inference_mode="whole")
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graph prescribes
+            model.predict_logits(pixel_values, inference_mode="whole")
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = model.predict_logits(pixel_values, inference_mode="whole")
+        pixel_values.copy_(torch.randn_like(pixel_values))
+        graph.replay()
+        torch.testing.assert_close(captured, model.predict_logits(pixel_values, inference_mode="whole"),
+                                   rtol=1e-4, atol=1e-5)
+    assert not torch.equal(captured, expected)  # the replay read the new input
