@@ -142,3 +142,9 @@ def test_class_mask_samples_equal_grid_sample_of_the_class_masks():
     masks = (labels[:, None] == torch.arange(num_labels)[None, :, None, None]).float()
     expected = F.grid_sample(masks, 2 * points[:, :, None] - 1, align_corners=False)[..., 0]
     torch.testing.assert_close(samples, expected, rtol=0, atol=1e-6)
+
+
+def test_labels_for_another_number_of_images_are_refused():
+    model = DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs())).train()
+    with pytest.raises(ValueError, match="labels hold 1 maps for 2 images"):
+        model(torch.randn(2, 3, 64, 64), labels=torch.zeros(1, 64, 64, dtype=torch.long))

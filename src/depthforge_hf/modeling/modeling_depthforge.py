@@ -2158,6 +2158,11 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
     ) -> DepthForgeSemanticSegmenterOutput:
         """One network pass over the whole input (the original forward)."""
         # labels are checked (and the loss's shapes fixed) before the network runs
+        if labels is not None and labels.ndim == 3 and labels.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"labels hold {labels.shape[0]} maps for {pixel_values.shape[0]} images: pass one (height, width) "
+                "label map per image, stacked as (batch, height, width)."
+            )
         targets = None if labels is None else self.criterion.prepare_targets(labels, pixel_values.device)
         backbone = self.depthforge(pixel_values, output_hidden_states=output_hidden_states)
         features = list(backbone.feature_maps)
