@@ -145,9 +145,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--parts", nargs="+", default=["floor", "inference", "slide", "train", "train-ckpt"],
-                        choices=["floor", "inference", "inference-graph", "slide", "train", "train-ckpt"],
-                        help="inference-graph (CUDA only): the whole-crop inference captured once in a CUDA graph and "
-                             "replayed, which removes the host's launch work (no memory or FLOP count)")
+                        choices=["floor", "inference", "inference-compiled", "inference-graph", "slide", "train",
+                                 "train-ckpt"],
+                        help="inference-compiled: the whole-crop inference of torch.compile(model, dynamic=False) "
+                             "(compilation untimed: the first call's time is reported as first_call_s); inference-graph (CUDA only): the whole-crop "
+                             "inference captured once in a CUDA graph and replayed, which removes the host's launch "
+                             "work (neither gets a memory or FLOP count)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-memory", action="store_true", help="skip the (untimed) peak-memory calls")
@@ -190,6 +193,12 @@ def main(argv: list[str] | None = None) -> dict:
             return model(slide_image, inference_mode="slide", window_size=512, window_stride=341,
                          window_batch_size=max(args.batch, 1)).logits
 
+    compiled_model = torch.compile(model, dynamic=False) if "inference-compiled" in args.parts else None
+
+    def inference_compiled():
+        with torch.no_grad():
+            return compiled_model(pixel_values, inference_mode="whole").logits
+
     graphs = {}
 
     def inference_graph():
@@ -204,8 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    calls = {"floor": floor, "inference": inference, "inference-graph": inference_graph, "slide": slide,
-             "train": train_step, "train-ckpt": train_step}
+    calls = {"floor": floor, "inference": inference, "inference-compiled": inference_compiled,
+             "inference-graph": inference_graph, "slide": slide, "train": train_step, "train-ckpt": train_step}
 
     def run_part(part: str, dtype: torch.dtype | None):
         # a CUDA graph must capture autocast's weight casts, not reuse casts cached outside it (torch.cuda.graph docs)
@@ -215,8 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
         with autocast:
             calls[part]()
-    crops_per_call = {"floor": args.batch, "inference": args.batch, "inference-graph": args.batch, "slide": 1,
-                      "train": args.batch, "train-ckpt": args.batch}
+    crops_per_call = {"floor": args.batch, "inference": args.batch, "inference-compiled": args.batch,
+                      "inference-graph": args.batch, "slide": 1, "train": args.batch, "train-ckpt": args.batch}
+    untimed_first_call = ("inference-compiled", "inference-graph")  # compilation / capture
 
     results = {
         "config": args.config,
@@ -244,19 +254,26 @@ def main(argv: list[str] | None = None) -> dict:
             call = functools.partial(run_part, part, dtype)
             # every part is timed interleaved with the floor (same dtype), so each ratio compares like with like
             reference = None if part == "floor" else functools.partial(run_part, "floor", dtype)
+            first_call_s = None
             try:
-                warmup = max(args.warmup, 1) if part == "inference-graph" else args.warmup  # capture is not timed
-                timing = time_calls(call, device, warmup, args.repeats, reference)
-            except RuntimeError as error:  # a capture that fails is a result too: record why
-                if part != "inference-graph":
+                if part in untimed_first_call:  # compiles or captures
+                    start = time.perf_counter()
+                    call()
+                    synchronize(device)
+                    first_call_s = time.perf_counter() - start
+                timing = time_calls(call, device, args.warmup, args.repeats, reference)
+            except Exception as error:  # a compilation or capture that fails is a result too: record why
+                if part not in untimed_first_call:
                     raise
                 run[part] = {"error": f"{type(error).__name__}: {error}"}
                 print(f"  {dtype_name:4s} {part:10s} failed: {run[part]['error'][:300]}", flush=True)
                 continue
             timing["crops_per_s"] = crops_per_call[part] / timing["median_s"]
-            if not args.no_memory and part != "inference-graph":
+            if first_call_s is not None:
+                timing["first_call_s"] = first_call_s
+            if not args.no_memory and part not in untimed_first_call:
                 timing["peak_bytes"], _ = peak_memory(call, device)
-            if not args.no_flops and part != "inference-graph":
+            if not args.no_flops and part not in untimed_first_call:
                 # the floor's FLOPs are analytic (spec/anchors.md); the rest are counted on one untimed call
                 flops = floor_flops * args.batch if part == "floor" else counted_flops(call)
                 timing["flops_per_call"] = flops
@@ -268,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
             mfu = f", MFU {100 * timing['mfu']:.1f}%" if "mfu" in timing else ""
             print(f"  {dtype_name:4s} {part:10s} {timing['median_s'] * 1e3:9.1f} ms/call "
                   f"{timing['crops_per_s']:8.2f} crops/s{memory}{mfu}", flush=True)
-        for part in ("inference", "inference-graph", "train", "train-ckpt"):
+        for part in ("inference", "inference-compiled", "inference-graph", "train", "train-ckpt"):
             if part in run and "median_s" in run[part]:
                 ratio = run[part]["median_s"] / run[part]["reference_median_s"]
                 run[f"{part}/floor"] = ratio

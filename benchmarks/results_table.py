@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-PARTS = ("floor", "inference", "inference-graph", "slide", "train", "train-ckpt")
+PARTS = ("floor", "inference", "inference-compiled", "inference-graph", "slide", "train", "train-ckpt")
 
 
 def gib(value: int | None) -> str:
