@@ -225,3 +225,24 @@ def test_corrupt_video_is_reported(checkpoint, tmp_path):
     assert main([str(tmp_path / "bad.mp4"), "-m", str(checkpoint[0]), "-o", str(output), "-q"]) == 1
     errors = json.loads((output / "summary.json").read_text())["errors"]
     assert errors[0]["input"] == str(tmp_path / "bad.mp4") and "video" in errors[0]["error"]
+
+
+@pytest.mark.slow  # torch.compile: about a minute on 2 CPU cores
+def test_compiled_model_gives_the_same_labels(checkpoint, tmp_path, monkeypatch):
+    directory = checkpoint[0]
+    compiled_with, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled_with.append(kwargs) or real_compile(
+        model, **kwargs))
+    rng = np.random.RandomState(5)
+    paths = []
+    for index in range(2):  # two images of one size: one compilation
+        paths.append(str(tmp_path / f"{index}.png"))
+        Image.fromarray(rng.randint(0, 255, (40, 60, 3), dtype=np.uint8)).save(paths[-1])
+    for name, options in {"eager": [], "compiled": ["--compile"]}.items():
+        assert main(paths + ["-m", str(directory), "-o", str(tmp_path / name), "-q"] + options) == 0
+    assert compiled_with == [{"dynamic": False}]
+    assert json.loads((tmp_path / "compiled" / "summary.json").read_text())["settings"]["compiled"] is True
+    for index in range(2):
+        eager, compiled = (np.asarray(Image.open(tmp_path / name / "labels" / f"{index}.png"))
+                           for name in ("eager", "compiled"))
+        assert (eager == compiled).mean() > 0.999  # compiled kernels may round differently near ties

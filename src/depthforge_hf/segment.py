@@ -96,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "default: the processor's (1024,512 = the official Cityscapes protocol)",
     )
     resize.add_argument("--no-resize", action="store_true", help="run at the original resolution")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (dynamic=False): each distinct input size compiles once (minutes on a CPU), "
+        "then runs faster (about 20%% on a 2-core CPU); pays for videos and folders of equal-size images",
+    )
     parser.add_argument("--no-overlays", action="store_true", help="write label PNGs and the summary only")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (0-1)")
     parser.add_argument(
@@ -517,6 +523,11 @@ def run(args: argparse.Namespace) -> int:
         model, processor = load_model_and_processor(args.model, device, DTYPES[args.dtype], args.trust_remote_code)
         if args.mode or args.window or args.stride or args.window_batch_size:
             model._inference_settings(args.mode, args.window, args.stride, args.window_batch_size)  # validate early
+        if args.compile:
+            # One graph per input size (dynamic=False), compiled lazily on the first batch of that size. The sliding
+            # window loop is traced too: slide inference with more windows than --window-batch-size compiles the
+            # network once per window batch of an image.
+            model = torch.compile(model, dynamic=False)
     except Exception as error:
         print(f"error: could not load the model from {args.model}: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
@@ -551,6 +562,7 @@ def run(args: argparse.Namespace) -> int:
             "device": str(segmenter.device),
             "dtype": args.dtype,
             "batch_size": args.batch_size,
+            "compiled": args.compile,
             "inference_mode": args.mode or model.config.inference_mode,
             "window": list(args.window or model.config.sliding_window()[0]),
             "stride": list(args.stride or model.config.sliding_window()[1]),
