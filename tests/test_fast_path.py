@@ -189,15 +189,18 @@ def test_banded_refinement_on_a_gpu(dtype):
 
 
 class HostDataTensors(TorchDispatchMode):
-    """Counts tensors made from host (Python) data: `torch.tensor(list, device=...)` enters dispatch as `lift_fresh`.
-    On a GPU each is a copy from pageable memory that waits for all queued work and breaks CUDA graph capture."""
+    """Counts tensors made from host (Python) data (`torch.tensor(list, device=...)` enters dispatch as `lift_fresh`)
+    and device values read on the host (`.item()`, `bool(tensor)`: `_local_scalar_dense`). On a GPU each of either
+    waits for all queued work, and neither can be captured in a CUDA graph."""
 
     def __init__(self):
         super().__init__()
         self.count = 0
+        self.host_reads = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += func is torch.ops.aten.lift_fresh.default
+        self.host_reads += func is torch.ops.aten._local_scalar_dense.default
         return func(*args, **(kwargs or {}))
 
 
@@ -211,10 +214,21 @@ def test_inference_makes_no_tensor_from_host_data(size, mode):
     assert host_data.count == 0
 
 
-def test_the_host_data_counter_sees_a_tensor_made_from_a_list():
+def test_the_host_data_counter_sees_a_tensor_made_from_a_list_and_a_value_read():
     with HostDataTensors() as host_data:
-        torch.tensor([[3, 4], [5, 6]]) + 1
-    assert host_data.count == 1
+        bool((torch.tensor([[3, 4], [5, 6]]) + 1).all())
+    assert host_data.count == 1 and host_data.host_reads == 1
+
+
+def test_a_training_step_reads_one_device_value_on_the_host():
+    """Only the label check reads a device value (transformers' encoder layer read one per layer for a finiteness
+    check); the matching's cost copies are the loss's other synchronisations, one per prediction."""
+    model = DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs())).train()
+    pixel_values = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 19, (2, 4, 4)).repeat_interleave(16, 1).repeat_interleave(16, 2)
+    with HostDataTensors() as host_data:
+        model(pixel_values, labels=labels).loss.backward()
+    assert host_data.host_reads == 1
 
 
 @pytest.mark.gpu

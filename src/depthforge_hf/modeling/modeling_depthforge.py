@@ -26,6 +26,7 @@ from transformers.models.mask2former.configuration_mask2former import Mask2Forme
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerMaskedAttentionDecoder,
     Mask2FormerPixelDecoder,
+    Mask2FormerPixelDecoderEncoderLayer,
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
     Mask2FormerPixelDecoderOutput,
     Mask2FormerSinePositionEmbedding,
@@ -508,6 +509,9 @@ class DepthForgePixelDecoder(Mask2FormerPixelDecoder):
         for block in [*self.input_projections, self.adapter_1, self.layer_1]:
             norm = block[1]
             block[1] = nn.GroupNorm(num_groups, norm.num_channels, eps=norm.eps)
+        self.encoder.layers = nn.ModuleList(
+            DepthForgePixelDecoderEncoderLayer.from_module(layer, config) for layer in self.encoder.layers
+        )
         for layer in self.encoder.layers:
             layer.self_attn = DepthForgeDeformableAttention.from_module(layer.self_attn)
 
@@ -569,6 +573,59 @@ def spatial_shapes_on_device(spatial_shapes: list[tuple[int, int]], device: torc
     """
     values = [torch.full((), size, dtype=torch.long, device=device) for shape in spatial_shapes for size in shape]
     return torch.stack(values).view(len(spatial_shapes), 2)
+
+
+class DepthForgePixelDecoderEncoderLayer(Mask2FormerPixelDecoderEncoderLayer):
+    """transformers' pixel-decoder encoder layer without its training-time `if not torch.isfinite(x).all(): clamp`.
+
+    That check reads a device value on the host (a synchronisation per layer and training step on a GPU), and the
+    official (mmdet) layer has no such clamp. Its output comes from a LayerNorm, finite for finite inputs and NaN (which
+    the clamp leaves as it is) otherwise, so dropping it changes no finite result.
+    """
+
+    @classmethod
+    def from_module(cls, layer: Mask2FormerPixelDecoderEncoderLayer, config: Mask2FormerConfig):
+        """The same layer with this forward, keeping `layer`'s modules (no new random draws)."""
+        with torch.device("meta"):
+            fast = cls(config)
+        for name in ("self_attn", "self_attn_layer_norm", "fc1", "fc2", "final_layer_norm"):
+            setattr(fast, name, getattr(layer, name))
+        fast.dropout, fast.activation_dropout = layer.dropout, layer.activation_dropout
+        fast.activation_fn = layer.activation_fn
+        return fast
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_embeddings: torch.Tensor | None = None,
+        reference_points=None,
+        spatial_shapes_list=None,
+        level_start_index=None,
+        output_attentions: bool = False,
+    ):
+        residual = hidden_states
+        hidden_states, attn_weights = self.self_attn(
+            hidden_states=hidden_states,
+            attention_mask=attention_mask,
+            encoder_hidden_states=hidden_states,
+            encoder_attention_mask=attention_mask,
+            position_embeddings=position_embeddings,
+            reference_points=reference_points,
+            spatial_shapes_list=spatial_shapes_list,
+            level_start_index=level_start_index,
+            output_attentions=output_attentions,
+        )
+        hidden_states = F.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = self.self_attn_layer_norm(residual + hidden_states)
+        residual = hidden_states
+        hidden_states = self.activation_fn(self.fc1(hidden_states))
+        hidden_states = F.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        hidden_states = F.dropout(self.fc2(hidden_states), p=self.dropout, training=self.training)
+        hidden_states = self.final_layer_norm(residual + hidden_states)
+        if output_attentions:
+            return hidden_states, attn_weights.transpose(1, 0)
+        return (hidden_states,)
 
 
 class DepthForgeDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
