@@ -205,13 +205,13 @@ class HostDataTensors(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("size, mode", [((64, 96), "whole"), ((96, 160), "slide")])
-def test_inference_makes_no_tensor_from_host_data(size, mode):
+def test_inference_makes_no_tensor_from_host_data_and_reads_no_device_value(size, mode):
     model = DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs())).eval()
     pixel_values = torch.randn(1, 3, *size)
     with torch.no_grad(), HostDataTensors() as host_data:
         logits = model.predict_logits(pixel_values, inference_mode=mode, window_size=64, window_stride=48)
     assert logits.shape[-2:] == size
-    assert host_data.count == 0
+    assert host_data.count == 0 and host_data.host_reads == 0
 
 
 def test_the_host_data_counter_sees_a_tensor_made_from_a_list_and_a_value_read():
