@@ -253,3 +253,18 @@ def test_inference_can_be_captured_in_a_cuda_graph():
         torch.testing.assert_close(captured, model.predict_logits(pixel_values, inference_mode="whole"),
                                    rtol=1e-4, atol=1e-5)
     assert not torch.equal(captured, expected)  # the replay read the new input
+
+
+@pytest.mark.parametrize("mask_size, size", [((16, 24), (64, 96)), ((13, 21), (61, 77))])
+def test_banded_semantic_logits_equal_the_whole_map(mask_size, size):
+    """Row bands of the resized masks (integer factors) or the whole-map fallback give the official semantic logits."""
+    generator = torch.Generator().manual_seed(0)
+    class_logits = torch.randn(2, 7, 6, generator=generator)
+    mask_logits = 4 * torch.randn(2, 7, *mask_size, generator=generator)
+    expected = torch.einsum(
+        "bqc,bqhw->bchw", class_logits.softmax(-1)[..., :-1],
+        F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False).sigmoid(),
+    )
+    with torch.no_grad():  # band_elements of 5 rows: many bands, the last one shorter
+        banded = DepthForgeForSemanticSegmentation.semantic_logits(class_logits, mask_logits, size, 2 * 7 * size[1] * 5)
+    torch.testing.assert_close(banded, expected, rtol=0, atol=1e-6)

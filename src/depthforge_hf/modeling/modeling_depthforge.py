@@ -2077,12 +2077,30 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
         return sum(loss_dict.values()), loss_dict
 
     @staticmethod
-    def semantic_logits(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def semantic_logits(
+        class_logits: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int], band_elements: int = 1 << 22
+    ) -> torch.Tensor:
         """Official inference: resize mask logits to `size`, sigmoid, weight by the class probabilities without the
-        no-object column, sum over queries."""
-        masks = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False).sigmoid()
+        no-object column, sum over queries.
+
+        Without autograd and for integer resize factors, the output is built in row bands of about `band_elements`
+        resized mask values each (`resized_rows` cuts exact rows out of the resize), so the (B, Q, H, W) resized
+        masks, 105 MB per 512 crop in fp32, never exist whole."""
         probabilities = class_logits.softmax(dim=-1)[..., :-1]
-        return torch.einsum("bqc,bqhw->bchw", probabilities, masks)
+        if torch.is_grad_enabled() or not bandable(mask_logits, size):
+            masks = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False).sigmoid()
+            return torch.einsum("bqc,bqhw->bchw", probabilities, masks)
+        batch_size, num_queries = mask_logits.shape[:2]
+        rows = max(band_elements // (batch_size * num_queries * size[1]), 1)
+        logits = None
+        for top in range(0, size[0], rows):
+            bottom = min(top + rows, size[0])
+            masks = resized_rows(mask_logits, top, bottom, size).sigmoid()
+            band = torch.einsum("bqc,bqhw->bchw", probabilities, masks)
+            if logits is None:
+                logits = band.new_empty((*band.shape[:2], *size))
+            logits[:, :, top:bottom] = band
+        return logits
 
     def forward(
         self,
