@@ -12,6 +12,7 @@ from depthforge_hf.modeling.modeling_depthforge import (
     DepthForgeRefinementDecoder,
     bandable,
     gathered_deformable_attention,
+    per_level_deformable_attention,
     resized_rows,
 )
 
@@ -132,7 +133,7 @@ def test_recomputed_refinement_in_training_gives_the_same_loss_and_gradients():
 
 
 @pytest.mark.parametrize("batch_size, shapes", [(1, [(16, 16), (8, 8), (4, 4)]), (2, [(12, 20), (6, 10), (3, 5)])])
-def test_gathered_deformable_attention_equals_transformers_grid_sample_version(batch_size, shapes):
+def test_gathered_and_per_level_deformable_attention_equal_transformers_grid_sample_version(batch_size, shapes):
     from transformers.models.mask2former.modeling_mask2former import multi_scale_deformable_attention
 
     generator = torch.Generator().manual_seed(0)
@@ -147,12 +148,14 @@ def test_gathered_deformable_attention_equals_transformers_grid_sample_version(b
     upstream = torch.randn(batch_size, queries, heads * width, generator=generator)
 
     results = []
-    for function in (multi_scale_deformable_attention, gathered_deformable_attention):
+    for function in (multi_scale_deformable_attention, gathered_deformable_attention, per_level_deformable_attention):
         output = function(value, shapes, locations, weights)
         gradients = torch.autograd.grad(output, (value, locations, weights), upstream)
         results.append((output, *gradients))
-    for expected, actual, name in zip(*results, ("output", "value", "locations", "weights"), strict=True):
-        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    for candidate in results[1:]:
+        for expected, actual, name in zip(results[0], candidate, ("output", "value", "locations", "weights"),
+                                          strict=True):
+            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_the_pixel_decoder_uses_the_gathered_attention_with_the_same_parameter_names():

@@ -31,7 +31,6 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderOutput,
     Mask2FormerSinePositionEmbedding,
     dice_loss,
-    multi_scale_deformable_attention,
     sample_point,
     sigmoid_cross_entropy_loss,
 )
@@ -687,10 +686,40 @@ class DepthForgeDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDefo
             reference_points[:, :, None, :, None, :] + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
         )
         # Without autograd the gather is faster (about 6% of a small-config inference on CPU); with autograd its
-        # backward (a sort of every corner index) costs what the gather saves, so training keeps transformers' path.
-        sample = multi_scale_deformable_attention if torch.is_grad_enabled() else gathered_deformable_attention
+        # backward (a sort of every corner index) costs what the gather saves, so training samples per level.
+        sample = per_level_deformable_attention if torch.is_grad_enabled() else gathered_deformable_attention
         output = sample(value, spatial_shapes_list, sampling_locations, attention_weights)
         return self.output_proj(output), attention_weights
+
+
+def per_level_deformable_attention(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """transformers' `multi_scale_deformable_attention` with the weighting summed level by level.
+
+    transformers stacks the grid_sample results of all levels into one (batch x heads, head width, queries, levels x
+    points) tensor before weighting and summing them; weighting each level's samples as they come skips that copy and
+    its backward (about 10-25% of the function's forward + backward on CPU). Same arguments and result as
+    `gathered_deformable_attention`.
+    """
+    batch_size, _, num_heads, head_width = value.shape
+    _, num_queries, _, _, num_points, _ = sampling_locations.shape
+    levels = value.split([height * width for height, width in spatial_shapes], dim=1)
+    grids = 2 * sampling_locations - 1
+    output = None
+    for level, (height, width) in enumerate(spatial_shapes):
+        level_value = levels[level].flatten(2).transpose(1, 2).reshape(batch_size * num_heads, head_width, height, width)
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (batch x heads, queries, points, 2)
+        samples = F.grid_sample(level_value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        weights = attention_weights[:, :, :, level].transpose(1, 2).reshape(
+            batch_size * num_heads, 1, num_queries, num_points
+        )
+        term = (samples * weights).sum(-1)
+        output = term if output is None else output + term
+    return output.view(batch_size, num_heads * head_width, num_queries).transpose(1, 2).contiguous()
 
 
 def gathered_deformable_attention(
