@@ -87,7 +87,7 @@ def test_loss_and_gradients_match_transformers_mask2former_loss(case):
                                             generator)
 
     torch.manual_seed(7)
-    ours = model.criterion(class_logits, mask_logits, model.criterion.prepare_targets(labels, torch.device("cpu")))
+    ours = model.criterion(class_logits, mask_logits, model.criterion.prepare_targets(labels, len(labels), torch.device("cpu")))
     torch.manual_seed(7)
     expected = reference_terms(config, class_logits, mask_logits, labels)
 
@@ -106,7 +106,7 @@ def test_a_batch_without_labelled_pixels_gives_zero_mask_terms_with_a_graph():
     model = DepthForgeForSemanticSegmentation(config)
     labels = torch.full((2, 32, 32), 255)
     class_logits, mask_logits = predictions(2, 2, config.num_queries, config.num_labels, (8, 8), torch.Generator())
-    terms = model.criterion(class_logits, mask_logits, model.criterion.prepare_targets(labels, torch.device("cpu")))
+    terms = model.criterion(class_logits, mask_logits, model.criterion.prepare_targets(labels, len(labels), torch.device("cpu")))
     for prediction in terms:
         assert prediction["loss_mask"] == 0 and prediction["loss_dice"] == 0
         assert torch.isfinite(prediction["loss_cls"]) and prediction["loss_cls"] > 0

@@ -391,14 +391,9 @@ class DepthForgeRefinementDecoder(nn.Module):
         size = tuple(features[0].shape[-2:])
         if not all(bandable(level, size) for level in features):
             return self.fused_rows(features, 0, height)
-        output = None
-        for top in range(0, height, self.rows_per_band):
-            bottom = min(top + self.rows_per_band, height)
-            band = self.fused_rows(features, top, bottom)
-            if output is None:
-                output = band.new_empty((*band.shape[:2], *size))
-            output[:, :, top:bottom] = band
-        return output
+        return assembled_from_row_bands(
+            lambda top, bottom: self.fused_rows(features, top, bottom), height, self.rows_per_band
+        )
 
     def fused_rows(self, features: tuple[torch.Tensor, ...], top: int, bottom: int) -> torch.Tensor:
         """Rows `top:bottom` of the output (all rows: the whole-map computation): each level resized to stride 4
@@ -424,6 +419,19 @@ class DepthForgeRefinementDecoder(nn.Module):
                 level = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
             gated.append(self.attention_gate(level))
         return self.linear_fuse(torch.cat(gated, dim=1))
+
+
+def assembled_from_row_bands(compute_rows, height: int, rows_per_band: int) -> torch.Tensor:
+    """The (..., height, width) map whose rows `top:bottom` `compute_rows(top, bottom)` returns, built band by band
+    into one output, so that only one band's intermediates exist at a time."""
+    output = None
+    for top in range(0, height, rows_per_band):
+        bottom = min(top + rows_per_band, height)
+        band = compute_rows(top, bottom)
+        if output is None:
+            output = band.new_empty((*band.shape[:-2], height, band.shape[-1]))
+        output[..., top:bottom, :] = band
+    return output
 
 
 def bandable(level: torch.Tensor, size: tuple[int, int]) -> bool:
@@ -500,7 +508,8 @@ class DepthForgePixelDecoder(Mask2FormerPixelDecoder):
 
     transformers hard-codes GroupNorm(32, ·); the official mmdet decoder takes the group count from its config. The
     five GroupNorms are swapped in place inside their Sequentials (the lateral/output lists hold the same objects).
-    The encoder layers' attention modules become `DepthForgeDeformableAttention` (same parameters, same names).
+    The encoder layers become `DepthForgePixelDecoderEncoderLayer` with `DepthForgeDeformableAttention` (same
+    parameters, same names).
     """
 
     def __init__(self, config: Mask2FormerConfig, feature_channels: list[int], num_groups: int):
@@ -511,35 +520,28 @@ class DepthForgePixelDecoder(Mask2FormerPixelDecoder):
         self.encoder.layers = nn.ModuleList(
             DepthForgePixelDecoderEncoderLayer.from_module(layer, config) for layer in self.encoder.layers
         )
-        for layer in self.encoder.layers:
-            layer.self_attn = DepthForgeDeformableAttention.from_module(layer.self_attn)
 
     def forward(self, features: list[torch.Tensor], return_dict: bool = True) -> Mask2FormerPixelDecoderOutput:
-        """transformers' forward (v5.x, without attention and hidden-state outputs) with the level shapes built on the
-        device (`spatial_shapes_on_device`) instead of copied from a host list."""
+        """transformers' forward (v5.x, without attention and hidden-state outputs) minus what unpadded maps make
+        constant: transformers builds all-false padding masks (zeroing no value row in every layer), valid ratios of
+        exactly 1 from them, and the level start indices, which `DepthForgeDeformableAttention` does not read, from
+        the level shapes copied to the device (a host-device synchronisation)."""
         inputs_embeds, position_embeddings = [], []
         for level, x in enumerate(features[::-1][: self.num_feature_levels]):
             inputs_embeds.append(self.input_projections[level](x))
             position_embeddings.append(self.position_embedding(x.shape, x.device, x.dtype))
-        masks = [torch.zeros((x.size(0), x.size(2), x.size(3)), device=x.device, dtype=torch.bool) for x in inputs_embeds]
         spatial_shapes_list = [(embed.shape[2], embed.shape[3]) for embed in inputs_embeds]
         input_embeds_flat = torch.cat([embed.flatten(2).transpose(1, 2) for embed in inputs_embeds], 1)
-        spatial_shapes = spatial_shapes_on_device(spatial_shapes_list, input_embeds_flat.device)
-        masks_flat = torch.cat([mask.flatten(1) for mask in masks], 1)
         level_pos_embed_flat = torch.cat(
             [embed.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1)
              for i, embed in enumerate(position_embeddings)],
             1,
         )
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([self.get_valid_ratio(mask, dtype=input_embeds_flat.dtype) for mask in masks], 1)
         encoder_outputs = self.encoder(
             inputs_embeds=input_embeds_flat,
-            attention_mask=masks_flat,
             position_embeddings=level_pos_embed_flat,
             spatial_shapes_list=spatial_shapes_list,
-            level_start_index=level_start_index,
-            valid_ratios=valid_ratios,
+            valid_ratios=input_embeds_flat.new_ones((input_embeds_flat.shape[0], len(inputs_embeds), 2)),
             return_dict=True,
         )
         last_hidden_state = encoder_outputs.last_hidden_state
@@ -566,9 +568,9 @@ class DepthForgePixelDecoder(Mask2FormerPixelDecoder):
 def spatial_shapes_on_device(spatial_shapes: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
     """(levels, 2) int64 (height, width) made by fill kernels on `device`.
 
-    `torch.tensor(shapes, device="cuda")` copies from pageable host memory, which waits for all queued GPU work (a
-    host-device synchronisation; 13 per forward at the paper's config) and cannot be captured in a CUDA graph. A fill
-    takes its value as a kernel argument.
+    `torch.tensor(shapes, device="cuda")` (transformers' deformable attention) copies from pageable host memory, which
+    waits for all queued GPU work (a host-device synchronisation, per layer) and cannot be captured in a CUDA graph.
+    A fill takes its value as a kernel argument.
     """
     values = [torch.full((), size, dtype=torch.long, device=device) for shape in spatial_shapes for size in shape]
     return torch.stack(values).view(len(spatial_shapes), 2)
@@ -584,10 +586,12 @@ class DepthForgePixelDecoderEncoderLayer(Mask2FormerPixelDecoderEncoderLayer):
 
     @classmethod
     def from_module(cls, layer: Mask2FormerPixelDecoderEncoderLayer, config: Mask2FormerConfig):
-        """The same layer with this forward, keeping `layer`'s modules (no new random draws)."""
+        """The same layer with this forward and `DepthForgeDeformableAttention`, keeping `layer`'s parameters (no new
+        random draws)."""
         with torch.device("meta"):
             fast = cls(config)
-        for name in ("self_attn", "self_attn_layer_norm", "fc1", "fc2", "final_layer_norm"):
+        fast.self_attn = DepthForgeDeformableAttention.from_module(layer.self_attn)
+        for name in ("self_attn_layer_norm", "fc1", "fc2", "final_layer_norm"):
             setattr(fast, name, getattr(layer, name))
         fast.dropout, fast.activation_dropout = layer.dropout, layer.activation_dropout
         fast.activation_fn = layer.activation_fn
@@ -887,27 +891,32 @@ class DepthForgeLoss(nn.Module):
         self.num_oversampled_points = int(config.train_num_points * config.oversample_ratio)
         self.num_uncertain_points = int(config.importance_sample_ratio * config.train_num_points)
 
-    def prepare_targets(self, labels: torch.Tensor, device: torch.device) -> DepthForgeLossTargets:
-        """Check the label maps and find the classes of every image (a small device-to-host copy when the labels are
-        on an accelerator; called before the network runs, when little work is queued), then move them to `device`."""
+    def prepare_targets(self, labels: torch.Tensor, num_images: int, device: torch.device) -> DepthForgeLossTargets:
+        """Check the label maps of `num_images` images and find the classes of every image (one small device-to-host
+        copy when the labels are on an accelerator; called before the network runs, when little work is queued), then
+        move them to `device`."""
         if labels.ndim != 3:
             raise ValueError(f"labels must be (batch, height, width) class ids, got shape {tuple(labels.shape)}.")
+        if labels.shape[0] != num_images:
+            raise ValueError(
+                f"labels hold {labels.shape[0]} maps for {num_images} images: pass one (height, width) label map per "
+                "image, stacked as (batch, height, width)."
+            )
         labels = labels.long()
-        labelled = labels != self.ignore_index
-        out_of_range = labelled & ((labels < 0) | (labels >= self.num_labels))
-        class_map = F.pad(torch.where(labelled & ~out_of_range, labels, self.num_labels), (1, 1, 1, 1),
-                          value=self.num_labels)
-        # per image, which classes occur (column K, "no class", is dropped)
-        present = labels.new_zeros((labels.shape[0], self.num_labels + 1), dtype=torch.bool)
-        present.scatter_(1, class_map.flatten(1), True)
-        present, any_out_of_range = present[:, :-1].cpu(), bool(out_of_range.any())
-        if any_out_of_range:
-            bad = torch.unique(labels[out_of_range]).tolist()
+        no_class, out_of_range = self.num_labels, self.num_labels + 1
+        # per pixel its class, `no_class` for ignored pixels, `out_of_range` for values that are neither
+        columns = torch.where((labels < 0) | (labels >= self.num_labels), out_of_range, labels)
+        columns = torch.where(labels == self.ignore_index, no_class, columns)
+        present = labels.new_zeros((labels.shape[0], self.num_labels + 2), dtype=torch.bool)
+        present = present.scatter_(1, columns.flatten(1), True).cpu()  # which columns occur, per image
+        if present[:, out_of_range].any():
+            bad = torch.unique(labels[columns == out_of_range]).tolist()
             raise ValueError(
                 f"labels contain values {bad} outside the {self.num_labels} classes; map unknown pixels to "
                 f"ignore_index={self.ignore_index}."
             )
-        classes = [row.nonzero().flatten() for row in present]
+        class_map = F.pad(columns, (1, 1, 1, 1), value=no_class)
+        classes = [row[:no_class].nonzero().flatten() for row in present]
         return DepthForgeLossTargets(class_map=class_map.to(device, non_blocking=True), classes=classes)
 
     def num_masks(self, targets: DepthForgeLossTargets, device: torch.device) -> torch.Tensor:
@@ -2121,15 +2130,12 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
             return torch.einsum("bqc,bqhw->bchw", probabilities, masks)
         batch_size, num_queries = mask_logits.shape[:2]
         rows = max(band_elements // (batch_size * num_queries * size[1]), 1)
-        logits = None
-        for top in range(0, size[0], rows):
-            bottom = min(top + rows, size[0])
+
+        def logit_rows(top: int, bottom: int) -> torch.Tensor:
             masks = resized_rows(mask_logits, top, bottom, size).sigmoid()
-            band = torch.einsum("bqc,bqhw->bchw", probabilities, masks)
-            if logits is None:
-                logits = band.new_empty((*band.shape[:2], *size))
-            logits[:, :, top:bottom] = band
-        return logits
+            return torch.einsum("bqc,bqhw->bchw", probabilities, masks)
+
+        return assembled_from_row_bands(logit_rows, size[0], rows)
 
     def forward(
         self,
@@ -2262,12 +2268,10 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
     ) -> DepthForgeSemanticSegmenterOutput:
         """One network pass over the whole input (the original forward)."""
         # labels are checked (and the loss's shapes fixed) before the network runs
-        if labels is not None and labels.ndim == 3 and labels.shape[0] != pixel_values.shape[0]:
-            raise ValueError(
-                f"labels hold {labels.shape[0]} maps for {pixel_values.shape[0]} images: pass one (height, width) "
-                "label map per image, stacked as (batch, height, width)."
-            )
-        targets = None if labels is None else self.criterion.prepare_targets(labels, pixel_values.device)
+        targets = (
+            None if labels is None
+            else self.criterion.prepare_targets(labels, pixel_values.shape[0], pixel_values.device)
+        )
         backbone = self.depthforge(pixel_values, output_hidden_states=output_hidden_states)
         features = list(backbone.feature_maps)
         if self.refinement is not None:
