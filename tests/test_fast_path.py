@@ -131,7 +131,6 @@ def test_recomputed_refinement_in_training_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(recomputed_gradients[name], gradient, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
-
 @pytest.mark.parametrize("batch_size, shapes", [(1, [(16, 16), (8, 8), (4, 4)]), (2, [(12, 20), (6, 10), (3, 5)])])
 def test_gathered_and_per_level_deformable_attention_equal_transformers_grid_sample_version(batch_size, shapes):
     from transformers.models.mask2former.modeling_mask2former import multi_scale_deformable_attention
