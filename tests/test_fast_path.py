@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from depthforge_hf import DepthForgeConfig, DepthForgeForSemanticSegmentation
 from depthforge_hf.modeling.modeling_depthforge import (
+    DepthForgeAttentionGate,
     DepthForgeDeformableAttention,
     DepthForgeRefinementDecoder,
     bandable,
@@ -35,6 +36,49 @@ def decoder(channels: int = 32, reduction: int = 4) -> DepthForgeRefinementDecod
     for parameter in module.parameters():  # default init leaves biases near zero; make every term matter
         torch.nn.init.normal_(parameter, std=0.2)
     return module.eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spatial_gate_taps_equal_the_3x3_convolution_whole_and_in_bands(dtype):
+    """The nine-tap form of the 3x3 spatial gate against the convolution itself, on a whole map and on row bands that
+    carry halo rows (or meet the border, where the convolution sees zero rows), with gradients."""
+    torch.manual_seed(0)
+    gate = DepthForgeAttentionGate(24, 4).to(dtype)
+    torch.nn.init.normal_(gate.spatial_attention.bias, std=0.5)
+    features = torch.randn(2, 24, 13, 9, dtype=dtype, requires_grad=True)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+
+    expected = gate.spatial_attention(features)
+    taps = gate.spatial_logits(features, zero_rows=(1, 1))
+    assert taps.dtype == dtype
+    torch.testing.assert_close(taps, expected, atol=tolerance, rtol=0)
+    gradient = torch.randn_like(expected)
+    expected_gradients = torch.autograd.grad(expected, [features, gate.spatial_attention.weight], gradient)
+    tap_gradients = torch.autograd.grad(taps, [features, gate.spatial_attention.weight], gradient)
+    for ours, theirs in zip(tap_gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=tolerance * 10, rtol=0)
+
+    # a band of rows top:bottom with up to one halo row each side, as DepthForgeRefinementDecoder.fused_rows cuts it
+    for top, bottom in [(0, 4), (4, 8), (8, 13), (0, 13), (5, 6)]:
+        halo_top, halo_bottom = max(top - 1, 0), min(bottom + 1, 13)
+        band = features[:, :, halo_top:halo_bottom]
+        zero_rows = (1 - (top - halo_top), 1 - (halo_bottom - bottom))
+        torch.testing.assert_close(
+            gate.spatial_logits(band, zero_rows), expected[:, :, top:bottom], atol=tolerance, rtol=0
+        )
+
+
+def test_spatial_gate_taps_under_bf16_autocast_stay_close_to_the_float32_convolution():
+    torch.manual_seed(0)
+    gate = DepthForgeAttentionGate(64, 4)
+    features = torch.randn(1, 64, 16, 16)
+    expected = gate.spatial_attention(features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        convolution = gate.spatial_attention(features)
+        taps = gate.spatial_logits(features, zero_rows=(1, 1))
+    assert taps.dtype == convolution.dtype == torch.bfloat16
+    # the taps are summed in float32: no further from float32 than the bf16 convolution itself
+    assert (taps.float() - expected).abs().max() <= 2 * (convolution.float() - expected).abs().max() + 1e-3
 
 
 @pytest.mark.parametrize(
