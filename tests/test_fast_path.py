@@ -11,6 +11,7 @@ from depthforge_hf.modeling.modeling_depthforge import (
     DepthForgeAttentionGate,
     DepthForgeDeformableAttention,
     DepthForgeRefinementDecoder,
+    WeightedPointSum,
     bandable,
     gathered_deformable_attention,
     per_level_deformable_attention,
@@ -199,6 +200,25 @@ def test_gathered_and_per_level_deformable_attention_equal_transformers_grid_sam
         for expected, actual, name in zip(results[0], candidate, ("output", "value", "locations", "weights"),
                                           strict=True):
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_weighted_point_sum_gradients_are_autograds_and_contiguous():
+    generator = torch.Generator().manual_seed(0)
+    samples = torch.randn(3, 5, 4, 7, dtype=torch.float64, generator=generator, requires_grad=True)
+    weights = torch.rand(3, 1, 4, 7, dtype=torch.float64, generator=generator, requires_grad=True)
+    assert torch.autograd.gradcheck(WeightedPointSum.apply, (samples, weights))
+    upstream = torch.randn(3, 5, 7, dtype=torch.float64, generator=generator)
+    output = WeightedPointSum.apply(samples, weights)
+    torch.testing.assert_close(output, (samples * weights).sum(2), rtol=0, atol=1e-12)
+    grad_samples, grad_weights = torch.autograd.grad(output, (samples, weights), upstream)
+    # what grid_sample's backward receives: contiguous, so that it does not copy it
+    assert grad_samples.is_contiguous()
+    expected = torch.autograd.grad((samples * weights).sum(2), (samples, weights), upstream)
+    torch.testing.assert_close(grad_samples, expected[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad_weights, expected[1], rtol=0, atol=1e-12)
+    # only one input needing a gradient
+    (only_weights,) = torch.autograd.grad(WeightedPointSum.apply(samples.detach(), weights), (weights,), upstream)
+    torch.testing.assert_close(only_weights, expected[1], rtol=0, atol=1e-12)
 
 
 def test_the_pixel_decoder_uses_the_gathered_attention_with_the_same_parameter_names():

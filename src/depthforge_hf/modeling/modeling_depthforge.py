@@ -739,9 +739,37 @@ def per_level_deformable_attention(
         weights = attention_weights[:, :, :, level].permute(0, 2, 3, 1).reshape(
             batch_size * num_heads, 1, num_points, num_queries
         )
-        term = (samples * weights).sum(2)
+        term = WeightedPointSum.apply(samples, weights)
         output = term if output is None else output + term
     return output.view(batch_size, num_heads * head_width, num_queries).transpose(1, 2).contiguous()
+
+
+class WeightedPointSum(torch.autograd.Function):
+    """`(samples * weights).sum(2)` for samples (N, C, P, Q) and weights (N, 1, P, Q), with a backward that writes
+    the samples' gradient contiguously.
+
+    Autograd's own backward multiplies the expanded output gradient by the weights, and TensorIterator lays that
+    product out in a permuted (non-contiguous) order; grid_sample's backward, which receives it, then copies it whole
+    (`contiguous()`): one extra pass over a (batch x heads, width, points, queries) tensor per level and layer, about
+    a tenth of the deformable attention's training time on CPU. The gradients are the same products.
+    """
+
+    @staticmethod
+    def forward(ctx, samples: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(samples, weights)
+        return (samples * weights).sum(2)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        samples, weights = ctx.saved_tensors
+        grad_output = grad_output.unsqueeze(2)
+        grad_samples = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_samples = torch.empty(samples.shape, dtype=samples.dtype, device=samples.device)
+            torch.mul(grad_output, weights, out=grad_samples)
+        if ctx.needs_input_grad[1]:
+            grad_weights = (grad_output * samples).sum(1, keepdim=True).to(weights.dtype)
+        return grad_samples, grad_weights
 
 
 def gathered_deformable_attention(
