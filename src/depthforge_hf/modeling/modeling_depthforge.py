@@ -788,32 +788,40 @@ def gathered_deformable_attention(
     batch_size, sequence_length, num_heads, head_width = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     dtype = torch.promote_types(value.dtype, attention_weights.dtype)
-    device = value.device
-    # per level, broadcast over (batch, query, head, level, point)
-    heights, widths = spatial_shapes_on_device(spatial_shapes, device).view(1, 1, 1, num_levels, 1, 2).unbind(-1)
-    starts = (heights * widths).cumsum(dim=3) - heights * widths  # first row of each level in the flattened value
     # the value table's rows are (batch, head, position): each (batch, head) pair reads its own block of rows
     table = value.permute(0, 2, 1, 3).reshape(batch_size * num_heads * sequence_length, head_width).to(dtype)
-    block_start = torch.arange(batch_size * num_heads, device=device).view(batch_size, 1, num_heads, 1, 1)
-    block_start = block_start * sequence_length + starts
-
-    x = sampling_locations[..., 0] * widths - 0.5
-    y = sampling_locations[..., 1] * heights - 0.5
-    left, top = x.floor(), y.floor()
-    right_weight, bottom_weight = x - left, y - top
-    left, top = left.long(), top.long()
-    weighted = attention_weights.to(dtype)
+    block_start = torch.arange(batch_size * num_heads, device=value.device).view(batch_size, 1, num_heads, 1)
+    block_start = block_start * sequence_length
+    # Level by level, so that the level's size enters every comparison and clamp as a Python number: broadcasting
+    # per-level sizes from a small tensor across the inner (level, point) dimensions ran the integer element-wise work
+    # several times slower on CPU (the whole function: 33 -> 15 ms per layer at the small config's 512 crops).
     indices, weights = [], []
-    for row, row_weight in ((top, 1 - bottom_weight), (top + 1, bottom_weight)):
-        for column, column_weight in ((left, 1 - right_weight), (left + 1, right_weight)):
-            inside = (column >= 0) & (column < widths) & (row >= 0) & (row < heights)
-            position = row.clamp(min=0).minimum(heights - 1) * widths + column.clamp(min=0).minimum(widths - 1)
-            indices.append(block_start + position)
-            weights.append((row_weight * column_weight).to(dtype) * weighted * inside)
-    # one bag per (batch, query, head): levels x points x 4 corners
-    bag_size = num_levels * num_points * 4
-    indices = torch.stack(indices, dim=-1).view(-1, bag_size)
-    weights = torch.stack(weights, dim=-1).view(-1, bag_size)
+    level_start = 0
+    for level, (height, width) in enumerate(spatial_shapes):
+        x = sampling_locations[:, :, :, level, :, 0] * width - 0.5  # (batch, query, head, point)
+        y = sampling_locations[:, :, :, level, :, 1] * height - 0.5
+        left, top = x.floor(), y.floor()
+        right_weight, bottom_weight = (x - left).to(dtype), (y - top).to(dtype)
+        left, top = left.long(), top.long()
+        # per axis: a neighbour outside the map gets weight zero (its index is clamped to any valid row)
+        left_weight = (1 - right_weight) * ((left >= 0) & (left < width))
+        right_weight = right_weight * ((left >= -1) & (left < width - 1))
+        attention = attention_weights[:, :, :, level].to(dtype)
+        top_weight = (1 - bottom_weight) * ((top >= 0) & (top < height)) * attention
+        bottom_weight = bottom_weight * ((top >= -1) & (top < height - 1)) * attention
+        first_row = block_start + level_start
+        top_row = first_row + top.clamp(0, height - 1) * width
+        bottom_row = first_row + (top + 1).clamp(0, height - 1) * width
+        right = (left + 1).clamp(0, width - 1)
+        left = left.clamp(0, width - 1)
+        indices += [top_row + left, top_row + right, bottom_row + left, bottom_row + right]
+        weights += [top_weight * left_weight, top_weight * right_weight]
+        weights += [bottom_weight * left_weight, bottom_weight * right_weight]
+        level_start += height * width
+    # one bag per (batch, query, head): levels x 4 corners x points
+    bag_size = num_levels * 4 * num_points
+    indices = torch.stack(indices, dim=-2).view(-1, bag_size)
+    weights = torch.stack(weights, dim=-2).view(-1, bag_size)
     output = F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
     return output.view(batch_size, num_queries, num_heads * head_width)
 
