@@ -1428,7 +1428,11 @@ class DepthForgeModel(DepthForgePreTrainedModel):
                 all_hidden_states.append(hidden_states)
             if layer_index in self.out_indices:
                 patch_tokens = hidden_states[:, 1:]
-                selected.append(patch_tokens.transpose(1, 2).reshape(batch_size, -1, grid_height, grid_width))
+                # (B, N, C) -> (B, C, h, w) is a channels-last view; one copy of this small map to the standard
+                # layout spares the resizes below (and the refinement's row bands) copying their 4x / 2x larger
+                # outputs (CPU, small config: whole inference ~3% faster, a training step too)
+                grid = patch_tokens.transpose(1, 2).reshape(batch_size, -1, grid_height, grid_width)
+                selected.append(grid.contiguous())
 
         # Simple ViT pyramid of the official backbone: strides 4, 8, 16, 32 by bilinear resampling (no neck).
         feature_maps = (
