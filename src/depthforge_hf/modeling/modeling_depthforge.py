@@ -762,7 +762,10 @@ class WeightedPointSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         samples, weights = ctx.saved_tensors
-        grad_output = grad_output.unsqueeze(2)
+        # the gradient arrives transposed (the attention's output is (batch, queries, heads x width)); both products
+        # below read it once per point, so one small copy first makes them stream (forward+backward 164 -> 136 ms
+        # per layer on CPU)
+        grad_output = grad_output.contiguous().unsqueeze(2)
         grad_samples = grad_weights = None
         if ctx.needs_input_grad[0]:
             grad_samples = torch.empty(samples.shape, dtype=samples.dtype, device=samples.device)
