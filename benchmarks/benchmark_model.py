@@ -327,7 +327,10 @@ def machine_description(device: torch.device) -> str:
             name = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{name}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+    # a preloaded allocator changes CPU timings (fresh large buffers page-fault under glibc's malloc): name it
+    preloaded = os.environ.get("LD_PRELOAD", "")
+    allocator = next((name for name in ("tcmalloc", "jemalloc") if name in preloaded), "glibc malloc")
+    return f"{name}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, {allocator}"
 
 
 if __name__ == "__main__":
