@@ -118,6 +118,30 @@ def test_depth_encoder_runs_without_autograd():
     assert all(state.grad_fn is None and not state.requires_grad for state in states)
 
 
+def test_whole_inference_traces_as_one_graph_for_torch_compile():
+    """transformers' Dinov2Backbone puts output-recording hooks on every layer, which dynamo cannot trace (a graph
+    break per ViT layer); the model drops them, and the whole-crop inference compiles as a single graph."""
+    model = build().eval()
+    for encoder in (model.depthforge.vfm, model.depthforge.depth_encoder):
+        assert not any(module._forward_hooks for module in encoder.modules())
+    pixel_values, _ = batch()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(model)(pixel_values, inference_mode="whole")
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
+
+
+def test_the_backbones_own_forward_still_returns_its_outputs_without_the_dropped_hooks():
+    model = build().eval()
+    vfm = model.depthforge.vfm
+    pixel_values, _ = batch(height=56, width=56)
+    with torch.no_grad():
+        output = vfm(pixel_values, output_hidden_states=True)
+    # transformers re-installs its hooks for its own forward: the hidden states are recorded again
+    assert len(output.hidden_states) == vfm.config.num_hidden_layers + 1
+    assert len(output.feature_maps) == len(vfm.config.out_features)
+
+
 def test_zero_scale_tokens_reproduce_plain_dinov2_features_exactly():
     model = build().eval()
     with torch.no_grad():

@@ -165,6 +165,25 @@ def build_visual_model(vfm_config) -> nn.Module:
     return AutoBackbone.from_config(vfm_config)
 
 
+def drop_output_capturing_hooks(encoder: nn.Module) -> None:
+    """Remove the output-recording forward hooks transformers' `Dinov2Backbone` puts on its layers at construction.
+
+    They serve the backbone's own forward (which switches them on through a ContextVar); DepthForge runs the layers in
+    its own loop and never reads them, while every call still consults the ContextVar, which torch.compile cannot
+    trace: a graph break per ViT layer (and, for the visual blocks, a recompilation per layer index until dynamo's
+    limit, after which the remaining blocks ran uncompiled). The installed mark is cleared too, so transformers puts
+    the hooks back if the backbone's own forward is ever called.
+    """
+    for module in encoder.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__module__", None) == "transformers.utils.output_capturing":
+                for hooks in (module._forward_hooks, module._forward_hooks_with_kwargs,
+                              module._forward_hooks_always_called):  # fmt: skip
+                    hooks.pop(key, None)
+        if module.__dict__.get("_output_capturing_hooks_installed"):  # the backbone and its encoder carry the mark
+            module._output_capturing_hooks_installed = False
+
+
 class DepthForgeDepthProjection(nn.Linear):
     """Learned linear map from the depth encoder's width to the visual width (**extension of the paper**, only when
     the widths differ; see `DepthForgeConfig.allow_encoder_size_mismatch`). Shared by all layers. Initialised (in
@@ -1348,6 +1367,8 @@ class DepthForgeModel(DepthForgePreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
         self.freeze_foundation_models()
+        drop_output_capturing_hooks(self.vfm)
+        drop_output_capturing_hooks(self.depth_encoder)
 
     def freeze_foundation_models(self):
         """Both ViTs are frozen (requires_grad False); only tokens (and the head) train."""
