@@ -148,3 +148,30 @@ def test_labels_for_another_number_of_images_are_refused():
     model = DepthForgeForSemanticSegmentation(DepthForgeConfig(**tiny_config_kwargs())).train()
     with pytest.raises(ValueError, match="labels hold 1 maps for 2 images"):
         model(torch.randn(2, 3, 64, 64), labels=torch.zeros(1, 64, 64, dtype=torch.long))
+
+
+def test_the_step_loss_weights_each_term_of_each_prediction_with_the_configured_weight():
+    """compute_loss: the official key names (d0. ... d{L-1}., then the last prediction unprefixed), each term times
+    its weight from the config (distinct weights, so a swapped or missing weight shows), and their sum."""
+    weights = {"loss_cls": 2.0, "loss_mask": 3.0, "loss_dice": 7.0}
+    config = DepthForgeConfig(**tiny_config_kwargs(class_weight=weights["loss_cls"], mask_weight=weights["loss_mask"],
+                                                   dice_weight=weights["loss_dice"]))
+    model = DepthForgeForSemanticSegmentation(config)
+    generator = torch.Generator().manual_seed(0)
+    labels = blob_labels(2, 32, 48, [3, 2], config.num_labels, generator)
+    class_logits, mask_logits = predictions(3, 2, config.num_queries, config.num_labels, (8, 12), generator)
+    targets = model.criterion.prepare_targets(labels, len(labels), torch.device("cpu"))
+
+    torch.manual_seed(3)
+    loss, loss_dict = model.compute_loss(class_logits, mask_logits, targets)
+    torch.manual_seed(3)
+    terms = model.criterion(class_logits, mask_logits, targets)
+
+    expected = {}
+    for index, prediction in enumerate(terms):
+        prefix = "" if index == len(terms) - 1 else f"d{index}."
+        expected.update({prefix + name: value * weights[name] for name, value in prediction.items()})
+    assert loss_dict.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(loss_dict[name], value, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(loss, sum(expected.values()), rtol=1e-6, atol=0)

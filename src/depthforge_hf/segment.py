@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         help="torch.compile the model (dynamic=False): each distinct input size compiles once (minutes on a CPU), "
-        "then runs faster (15-20%% on a 2-core CPU); pays for videos and folders of equal-size images",
+        "then runs faster (10-20%% on a 2-core CPU); pays for videos and folders of equal-size images",
     )
     parser.add_argument("--no-overlays", action="store_true", help="write label PNGs and the summary only")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (0-1)")

@@ -2185,8 +2185,10 @@ class DepthForgeForSemanticSegmentation(DepthForgeAdaptersMixin, DepthForgePreTr
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted Mask2Former loss over every prediction, walked in the official order (d0 ... d{L-1}, then the
         last), which is also the order of the random point draws. `targets` from `self.criterion.prepare_targets`."""
-        weights = {"loss_cls": self.config.class_weight, "loss_mask": self.config.mask_weight,
-                   "loss_dice": self.config.dice_weight}
+        # the criterion's weights (the same it matches with): one source, switched with the adapter
+        criterion = self.criterion
+        weights = {"loss_cls": criterion.class_weight, "loss_mask": criterion.mask_weight,
+                   "loss_dice": criterion.dice_weight}
         terms = self.criterion(class_logits, mask_logits, targets)
         last = len(terms) - 1
         loss_dict = {}
